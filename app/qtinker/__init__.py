@@ -1,0 +1,19 @@
+"""QTinker: shrink a big BERT into a small, fast model you can ship.
+
+The library behind the CLI (`qtinker ...`) and the web UI (`python app/app.py`).
+Every capability is usable from Python without the UI.
+"""
+
+__version__ = "0.1.0"
+
+
+def load(path, device="cpu"):
+    """Load a model folder written by QTinker (float or quantized) in a fresh process.
+
+    Float folders are plain Hugging Face folders; quantized folders are restored
+    through TorchAO. Nothing executes code from the model: safetensors only,
+    `weights_only=True` where torch.load is needed, and no remote code.
+    """
+    from qtinker.export import load_model
+
+    return load_model(path, device=device)

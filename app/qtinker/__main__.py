@@ -1,0 +1,5 @@
+import sys
+
+from qtinker.cli import main
+
+sys.exit(main())

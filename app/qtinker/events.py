@@ -1,0 +1,69 @@
+"""Progress events of a long run, as JSON lines, and the stop request.
+
+Every long run (download, distill, quantize) reports through an `Events` sink. The CLI
+echoes events to the console; a background job (qtinker.jobs) gives the run an events
+file and a stop file, and the UI reads the file to show live state. One event per line:
+
+    {"type": "progress", "time": 1732850000.1, "step": 10, "total": 300, ...}
+
+Types used: "start", "progress", "eval", "log", "warning", "done" (with the result),
+"error" (with a one-line message). A run that ends without "done" did not succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Events:
+    """Append-only JSON-lines sink; `echo` also prints a human line to stderr."""
+
+    def __init__(self, path: str | Path | None = None, echo: bool = True, stop_file: str | Path | None = None):
+        self.path = Path(path) if path else None
+        self.echo = echo
+        self.stop_file = Path(stop_file) if stop_file else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, type: str, **fields: Any) -> None:
+        event = {"type": type, "time": round(time.time(), 3), **fields}
+        if self.path:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(event, default=str) + "\n")
+        if self.echo:
+            print(_human(event), file=sys.stderr, flush=True)
+
+    def log(self, message: str) -> None:
+        self.emit("log", message=message)
+
+    def stop_requested(self) -> bool:
+        """True once someone (the UI's Stop, a user) created the stop file."""
+        return bool(self.stop_file and self.stop_file.exists())
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """All events written so far (a partly written last line is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def _human(event: dict) -> str:
+    kind = event["type"]
+    if kind == "log":
+        return event.get("message", "")
+    if kind == "error":
+        return f"failed: {event.get('message', '')}"
+    fields = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("type", "time", "result"))
+    return f"[{kind}] {fields}"
