@@ -13,5 +13,5 @@ fi
 [ -x env/bin/python ] || "$PY" -m venv env
 env/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; fi
-export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PATH="$PWD/env/bin:$PATH" GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec env/bin/python -m pytest "$@"
