@@ -1,0 +1,235 @@
+"""The local models: what is on disk, described from disk (no database to get out of sync).
+
+Downloaded and imported models live in models_dir() (bert_models/), distilled / quantized results
+in outputs_dir(). `list_local_models()` reads every folder's config.json, safetensors headers,
+tokenizer files and provenance (qtinker_source.json), and feeds the Models tab and the teacher /
+student pickers. MODEL_REGISTRY.md in the models folder is the same list for humans, regenerated
+after every download or import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from qtinker import paths
+from qtinker.errors import QTinkerError
+
+REGISTRY_FILE = "MODEL_REGISTRY.md"
+PROVENANCE_FILE = "qtinker_source.json"
+SKIP_DIRS = {"jobs", "__pycache__", "cache"}
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    name: str
+    path: Path
+    kind: str  # downloaded | imported | fine-tuned | distilled | quantized
+    model_type: str
+    layers: int | None
+    hidden: int | None
+    heads: int | None
+    intermediate: int | None
+    vocab_size: int | None
+    parameters: int | None  # counted from the weight files' headers; None when they cannot be read
+    num_labels: int | None  # None: no task head
+    vocab_sha256: str | None
+    lower_case: bool | None
+    quantization: str | None
+    source: str
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        return value if isinstance(value, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _count_parameters(folder: Path) -> int | None:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    try:
+        from safetensors import safe_open
+
+        total = 0
+        for f in files:
+            with safe_open(str(f), framework="numpy") as st:
+                for key in st.keys():
+                    count = 1
+                    for d in st.get_slice(key).get_shape():
+                        count *= d
+                    total += count
+        return total
+    except Exception:  # a quantized or foreign layout: describe the rest anyway
+        return None
+
+
+def _vocab_sha256(folder: Path) -> str | None:
+    if (folder / "vocab.txt").is_file():
+        return hashlib.sha256((folder / "vocab.txt").read_bytes()).hexdigest()
+    vocab = _read_json(folder / "tokenizer.json").get("model", {}).get("vocab")
+    if vocab:
+        return hashlib.sha256(json.dumps(vocab, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return None
+
+
+def _lower_case(folder: Path) -> bool | None:
+    tok = _read_json(folder / "tokenizer_config.json")
+    if "do_lower_case" in tok:
+        return bool(tok["do_lower_case"])
+    normalizer = _read_json(folder / "tokenizer.json").get("normalizer") or {}
+    return normalizer.get("lowercase") if "lowercase" in normalizer else None
+
+
+def describe_model(path, kind: str | None = None, name: str | None = None) -> LocalModel:
+    """Describe any model folder; a folder without a usable config.json is an error."""
+    path = Path(path)
+    config = _read_json(path / "config.json")
+    if not config.get("model_type"):
+        raise QTinkerError(f"{path}: not a model folder (no config.json with a model_type); "
+                           f"pass a Hugging Face model folder (config.json, model.safetensors, tokenizer files)")
+    provenance = _read_json(path / PROVENANCE_FILE)
+    run = _read_json(path / "run_config.json")
+    marker = _read_json(path / "quantization.json")  # written by qtinker.quantize
+    quant = config.get("quantization_config") or {}
+    quantization = marker.get("scheme") or (quant.get("quant_type") if isinstance(quant.get("quant_type"), str) else None) \
+        or quant.get("quant_method") or None
+    if quantization is not None:
+        quantization = str(quantization)
+    architectures = " ".join(config.get("architectures") or [])
+    has_head = any(s in architectures for s in ("SequenceClassification", "TokenClassification", "MultipleChoice"))
+    if quantization:
+        kind = "quantized"
+    elif run.get("method") or run.get("teacher"):
+        kind = "distilled"
+    elif path.parent.name == "teachers":  # distill.fine_tune_teacher: outputs/teachers/<teacher>-<hash>/
+        kind = "fine-tuned"
+    else:
+        kind = provenance.get("kind") or kind or "imported"
+    return LocalModel(
+        name=name or path.name, path=path, kind=kind, model_type=config["model_type"],
+        layers=config.get("num_hidden_layers", config.get("n_layers")),
+        hidden=config.get("hidden_size", config.get("dim")),
+        heads=config.get("num_attention_heads", config.get("n_heads")),
+        intermediate=config.get("intermediate_size", config.get("hidden_dim")),
+        vocab_size=config.get("vocab_size"),
+        parameters=_count_parameters(path),
+        num_labels=len(config.get("id2label") or {}) or config.get("num_labels") if has_head else None,
+        vocab_sha256=_vocab_sha256(path), lower_case=_lower_case(path), quantization=quantization,
+        source=str(run.get("teacher") or marker.get("source") or provenance.get("url") or provenance.get("repo_id") or "local"),
+    )
+
+
+def _model_folders(root: Path, depth: int):
+    if not root.is_dir():
+        return
+    for child in sorted(root.iterdir()):
+        if not child.is_dir() or child.name.startswith(".") or child.name.endswith(".partial") or child.name in SKIP_DIRS:
+            continue
+        if (child / "config.json").is_file():
+            yield child
+        elif depth > 1:
+            yield from _model_folders(child, depth - 1)
+
+
+def list_local_models(models_dir=None, outputs_dir=None) -> list[LocalModel]:
+    """Every model folder under the models dir (downloaded / imported) and outputs dir (distilled / quantized)."""
+    found = []
+    for root, default_kind, depth in ((Path(models_dir or paths.models_dir()), "imported", 1),
+                                      (Path(outputs_dir or paths.outputs_dir()), "distilled", 3)):
+        for folder in _model_folders(root, depth):
+            try:
+                found.append(describe_model(folder, kind=default_kind, name=folder.relative_to(root).as_posix()))
+            except QTinkerError:
+                continue  # a folder with a foreign config.json: not ours to list
+    return found
+
+
+def import_model(path, name=None, models_dir=None, events=None) -> Path:
+    """Copy a local HF model folder or zip (or a Google TF checkpoint, converted) into the models folder."""
+    from qtinker.convert import (convert_folder, extract_zip, file_sha256, find_bert_root, staging_dir,
+                                 write_provenance)
+
+    path = Path(path)
+    if not path.exists():
+        raise QTinkerError(f"{path}: no such file or folder; pass a model folder or a .zip of one")
+    name = name or (path.stem if path.is_file() else path.name)
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise QTinkerError(f"--name {name!r}: not a usable folder name; use letters, digits, - and _")
+    dest = Path(models_dir or paths.models_dir()) / name
+    if dest.exists():
+        raise QTinkerError(f"{dest}: already exists; choose another --name or delete that folder")
+    provenance = {"kind": "imported", "source": "import", "url": str(path.resolve()), "name": name}
+    with staging_dir(dest) as stage:
+        root = path
+        if path.is_file():
+            provenance["archive_sha256"] = file_sha256(path)
+            root = extract_zip(path, stage / "extract", events)
+            subdirs = [d for d in root.iterdir() if d.is_dir() and d.name != "__MACOSX"]
+            if not (root / "config.json").exists() and not (root / "bert_config.json").exists() and len(subdirs) == 1:
+                root = subdirs[0]
+        if (root / "bert_config.json").exists() and not (root / "config.json").exists():
+            convert_folder(find_bert_root(root, str(path)), stage / "model", provenance=provenance, events=events)
+        else:
+            info = describe_model(root)
+            if not list(root.glob("*.safetensors")):
+                raise QTinkerError(f"{path}: no *.safetensors weights (QTinker loads safetensors only, never pickles); "
+                                   f"re-save the model with save_pretrained(safe_serialization=True)")
+            shutil.copytree(root, stage / "model", ignore=shutil.ignore_patterns(".git", ".cache", "*.part", "__pycache__"))
+            previous = _read_json(root / PROVENANCE_FILE)
+            write_provenance(stage / "model", {**provenance, "model_type": info.model_type,
+                                               **({"origin": previous} if previous else {})})
+        (stage / "model").replace(dest)
+    write_registry_markdown(dest.parent)
+    if events:
+        events.emit("done", result={"path": str(dest)})
+    return dest
+
+
+def write_registry_markdown(models_dir=None, outputs_dir=None) -> Path:
+    """Regenerate <models dir>/MODEL_REGISTRY.md from disk (written atomically)."""
+    root = Path(models_dir or paths.models_dir())
+    models = list_local_models(root, outputs_dir)
+    lines = ["# Local models", "", "Generated by QTinker from the folders on disk; edits are overwritten.", "",
+             "| name | kind | type | L/H/A | params | labels | lower-case | quantization | source |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in models:
+        params = "?" if not m.parameters else f"{m.parameters / 1e6:.1f}M" if m.parameters >= 1e5 else f"{m.parameters / 1e3:.1f}K"
+        lines.append(f"| {m.name} | {m.kind} | {m.model_type} | {m.layers}/{m.hidden}/{m.heads} | {params} | "
+                     f"{m.num_labels or '-'} | {'-' if m.lower_case is None else 'yes' if m.lower_case else 'no'} | "
+                     f"{m.quantization or '-'} | {m.source} |")
+    if not models:
+        lines.append("| (none yet: `qtinker download bert-tiny`) | | | | | | | | |")
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / REGISTRY_FILE
+    tmp = target.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def configure_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="a Hugging Face model folder or a .zip of one (a Google TF checkpoint is converted)")
+    parser.add_argument("--name", default=None, help="folder name under the models dir (default: the folder / zip name)")
+    parser.add_argument("--models-dir", default=None, help="where models live (default: bert_models/, or QTINKER_MODELS_DIR)")
+    parser.add_argument("--events", default=None, help="write progress events as JSON lines to this file")
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from qtinker.events import Events
+
+    events = Events(args.events)
+    try:
+        path = import_model(args.path, args.name, args.models_dir, events)
+    except QTinkerError as exc:
+        Events(args.events, echo=False).emit("error", message=str(exc))  # the CLI prints the line itself
+        raise
+    print(path)
+    return 0

@@ -1,0 +1,93 @@
+"""The local model registry: models described from disk, `qtinker import`, MODEL_REGISTRY.md."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qtinker import registry
+from qtinker.errors import QTinkerError
+from test_download import FIXTURES
+
+
+def test_import_folder_and_describe(tiny_bert, tmp_path):
+    source = tiny_bert("teacher")
+    path = registry.import_model(source)
+    assert path == tmp_path / "models" / "teacher"
+    [m] = registry.list_local_models()
+    assert (m.name, m.kind, m.model_type, m.layers, m.hidden, m.heads, m.intermediate) == ("teacher", "imported", "bert", 2, 32, 2, 64)
+    assert m.vocab_size == 263 and m.num_labels is None and m.lower_case is True and m.quantization is None
+    # embeddings 263*32 + 128*32 + 2*32 + 64 = 12640; 2 layers x 8544; MLM transform 1120 + bias 263 (no pooler)
+    assert m.parameters == 31_111
+    assert m.vocab_sha256 == hashlib.sha256((source / "vocab.txt").read_bytes()).hexdigest()
+    assert m.source == str(source.resolve())
+    md = (tmp_path / "models" / "MODEL_REGISTRY.md").read_text()
+    assert "| teacher | imported | bert | 2/32/2 | 31.1K | - | yes | - |" in md
+    with pytest.raises(QTinkerError, match="already exists; choose another --name"):
+        registry.import_model(source)
+
+
+def test_import_zip_classifier_and_google_zip(tiny_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    clf = tiny_bert("clf", num_labels=3)
+    archive = shutil.make_archive(str(tmp_path / "clf-zip"), "zip", root_dir=tmp_path, base_dir="clf")
+    path = registry.import_model(archive, name="sentiment")
+    m = registry.describe_model(path)
+    assert m.name == "sentiment" and m.num_labels == 3
+    assert AutoModelForSequenceClassification.from_pretrained(path).config.num_labels == 3
+    # a Google TF zip given to `import` is converted, not copied
+    google = registry.import_model(FIXTURES / "tiny_bert_flat.zip", name="google")
+    assert registry.describe_model(google).layers == 2 and (google / "model.safetensors").exists()
+    assert [x.name for x in registry.list_local_models()] == ["google", "sentiment"]
+    del clf
+
+
+def test_outputs_are_listed_with_their_kind(tiny_bert, tmp_path):
+    student = tiny_bert("student")
+    distilled = tmp_path / "outputs" / "distill-run"
+    shutil.copytree(student, distilled)
+    (distilled / "run_config.json").write_text(json.dumps({"method": "logit", "teacher": "bert-base-uncased"}))
+    quantized = tmp_path / "outputs" / "runs" / "q8"
+    shutil.copytree(student, quantized)
+    config = json.loads((quantized / "config.json").read_text())
+    (quantized / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "torchao",
+                                                                                         "quant_type": "int8-dynamic"}}))
+    q4 = tmp_path / "outputs" / "q4"
+    shutil.copytree(student, q4)
+    (q4 / "quantization.json").write_text(json.dumps({"scheme": "int8-weight", "source": "distill-run"}))
+    shutil.copytree(student, tmp_path / "outputs" / "teachers" / "bert-base-uncased-0123")
+    shutil.copytree(student, tmp_path / "outputs" / "half-written.partial")
+    (tmp_path / "outputs" / "jobs" / "1").mkdir(parents=True)
+    (tmp_path / "outputs" / "jobs" / "1" / "config.json").write_text("{}")
+    found = {m.name: m for m in registry.list_local_models()}
+    assert set(found) == {"distill-run", "runs/q8", "q4", "teachers/bert-base-uncased-0123"}
+    assert (found["q4"].kind, found["q4"].quantization, found["q4"].source) == ("quantized", "int8-weight", "distill-run")
+    assert found["teachers/bert-base-uncased-0123"].kind == "fine-tuned"
+    assert found["distill-run"].kind == "distilled" and found["distill-run"].source == "bert-base-uncased"
+    assert found["runs/q8"].kind == "quantized" and found["runs/q8"].quantization == "int8-dynamic"
+
+
+def test_bad_imports_are_one_line(tmp_path, capsys):
+    from qtinker.cli import main
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QTinkerError, match="not a model folder"):
+        registry.import_model(tmp_path / "empty")
+    with pytest.raises(QTinkerError, match="no such file or folder"):
+        registry.import_model(tmp_path / "nope")
+    assert main(["import", str(tmp_path / "empty"), "--name", "e"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("qtinker: ")
+    assert not (tmp_path / "models" / "e").exists()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == []  # staging folders are removed
+
+
+def test_describe_requires_config(tmp_path):
+    with pytest.raises(QTinkerError, match="not a model folder"):
+        registry.describe_model(tmp_path)
+    path = registry.write_registry_markdown()
+    assert "(none yet" in Path(path).read_text()
