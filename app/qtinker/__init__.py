@@ -17,3 +17,21 @@ def load(path, device="cpu"):
     from qtinker.export import load_model
 
     return load_model(path, device=device)
+
+
+def _drop_known_import_noise() -> None:
+    """torchao's CPU wheel logs "Failed to load ..._C_*.so" (and torch a pytree deprecation) each time
+    transformers' from_pretrained imports it; drop exactly those lines, keep every other warning."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            message = record.getMessage()
+            return not ((message.startswith("Failed to load") and ".so" in message)
+                        or "register_constant() on Enum subclasses is deprecated" in message)
+
+    logging.getLogger("torchao").addFilter(_Drop())
+    logging.getLogger("torch.utils._pytree").addFilter(_Drop())
+
+
+_drop_known_import_noise()

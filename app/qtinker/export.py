@@ -1,0 +1,348 @@
+"""Save and load model folders (float or TorchAO-quantized), model cards, and the download zip.
+
+A float folder is a plain Hugging Face folder (config.json, model.safetensors, tokenizer):
+transformers loads it as is. A quantized folder holds `quantized_model.safetensors` (TorchAO's
+tensor subclasses flattened to plain tensors + JSON metadata) and `quantization.json` (scheme,
+versions, skipped layers, where it must load). The different file name is deliberate: plain
+`from_pretrained` on a quantized folder fails loudly instead of loading random weights.
+
+Nothing here executes code from a model folder: safetensors and JSON only, no pickle,
+`trust_remote_code=False`.
+
+`qtinker export MODEL [--zip OUT.zip]` packages a folder and its model card for download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from qtinker.errors import QTinkerError
+
+QUANTIZED_WEIGHTS = "quantized_model.safetensors"
+MARKER = "quantization.json"
+BERT_FAMILY = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra")
+CARD_TAG = "<!-- written by qtinker: model card -->"
+_HEADS = {"ForSequenceClassification": "AutoModelForSequenceClassification", "ForMaskedLM": "AutoModelForMaskedLM",
+          "ForTokenClassification": "AutoModelForTokenClassification",
+          "ForQuestionAnswering": "AutoModelForQuestionAnswering"}
+
+
+# ---------------------------------------------------------------- folders
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A model folder given as a path, or as a name in the models or outputs folder."""
+    from qtinker.paths import models_dir, outputs_dir
+
+    if not str(name_or_path):
+        raise QTinkerError("MODEL: missing; pass a model folder (see `qtinker models`)")
+    candidates = [Path(name_or_path).expanduser(), models_dir() / str(name_or_path), outputs_dir() / str(name_or_path)]
+    for path in candidates:
+        if path.is_dir():
+            return path.resolve()
+    raise QTinkerError(f"{name_or_path}: no such model folder (looked in ., {models_dir()}, {outputs_dir()}); "
+                       "pass a folder holding config.json (see `qtinker models`)")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QTinkerError(f"{path}: unreadable JSON ({exc}); restore the file or re-create the folder") from exc
+    if not isinstance(value, dict):
+        raise QTinkerError(f"{path}: expected a JSON object; restore the file or re-create the folder")
+    return value
+
+
+def write_json(path: Path, value: dict) -> None:
+    Path(path).write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def read_quantization(path: Path) -> dict | None:
+    """The quantization.json marker of a quantized folder, or None for a float folder."""
+    marker = Path(path) / MARKER
+    return read_json(marker) if marker.exists() else None
+
+
+def check_model_folder(path: Path) -> dict:
+    """config.json of a BERT-family folder with weights we can load, or a clear QTinkerError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise QTinkerError(f"{path}: no such model folder; pass a folder holding config.json")
+    if not (path / "config.json").exists():
+        raise QTinkerError(f"{path}: no config.json; this is not a Hugging Face model folder")
+    config = read_json(path / "config.json")
+    model_type = config.get("model_type")
+    if model_type not in BERT_FAMILY:
+        raise QTinkerError(f"{path}: model_type {model_type!r} is not a BERT-family encoder; QTinker handles "
+                           f"{', '.join(BERT_FAMILY)}")
+    weights = [QUANTIZED_WEIGHTS] if (path / MARKER).exists() else ["model.safetensors", "model.safetensors.index.json"]
+    if not any((path / w).exists() for w in weights):
+        raise QTinkerError(f"{path}: no {weights[0]}; QTinker loads safetensors only: re-save the model with "
+                           "save_pretrained() or quantize it again")
+    return config
+
+
+def auto_class_name(config: dict) -> str:
+    """The transformers Auto class for the folder's head (AutoModel for a bare encoder)."""
+    for arch in config.get("architectures") or []:
+        for suffix, auto in _HEADS.items():
+            if arch.endswith(suffix):
+                return auto
+    return "AutoModel"
+
+
+# ---------------------------------------------------------------- load (float or quantized)
+def load_model(path: str | Path, device: str = "cpu"):
+    """(model, tokenizer) in eval mode from a QTinker / Hugging Face folder, float or quantized."""
+    import transformers
+
+    path = resolve_model_path(path)
+    config = check_model_folder(path)
+    marker = read_quantization(path)
+    auto = getattr(transformers, auto_class_name(config))
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as exc:
+        raise QTinkerError(f"{path}: cannot load the tokenizer ({type(exc).__name__}: {str(exc)[:200]}); "
+                           "the folder needs vocab.txt or tokenizer.json") from exc
+    if marker is None:
+        try:
+            model = auto.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
+        except Exception as exc:
+            raise QTinkerError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc)[:200]}); "
+                               "the folder is corrupt or incomplete, download or re-create it") from exc
+        return model.to(device).eval(), tokenizer
+    return _load_quantized(path, marker, auto, device), tokenizer
+
+
+def _load_quantized(path: Path, marker: dict, auto, device: str):
+    import torch
+    import transformers
+    from safetensors import SafetensorError, safe_open
+
+    from qtinker.quantize import state_dict_from_safetensors
+
+    if marker.get("load_device") == "cuda" and not str(device).startswith("cuda"):
+        raise QTinkerError(f"{path}: {marker.get('scheme')} weights load on CUDA only (TorchAO int4 packing is "
+                           "device-specific); load it with device='cuda' on a GPU machine")
+    try:
+        # straight onto the target device: int4 packings are device-specific
+        with safe_open(path / QUANTIZED_WEIGHTS, "pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        state = state_dict_from_safetensors(tensors, metadata)
+    except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise QTinkerError(f"{path / QUANTIZED_WEIGHTS}: unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+                           "quantize the model again") from exc
+    hf_config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
+    model = auto.from_config(hf_config).to(getattr(torch, marker.get("dtype", "float32"))).eval()
+    aliases = marker.get("aliases", {})
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    absent = [k for k in missing if k not in aliases]
+    if absent or unexpected:
+        raise QTinkerError(f"{path / QUANTIZED_WEIGHTS}: does not match config.json (missing {absent[:3]}, "
+                           f"unexpected {list(unexpected)[:3]}); quantize the model again")
+    for alias, kept in aliases.items():  # tied weights were saved once
+        module, attr = alias.rsplit(".", 1)
+        setattr(model.get_submodule(module), attr, model.get_parameter(kept))
+    return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- save (quantized)
+def save_quantized(model, tokenizer, folder: Path, marker: dict) -> Path:
+    """config.json + tokenizer + quantized_model.safetensors + quantization.json into folder."""
+    from safetensors.torch import save_file
+
+    from qtinker.quantize import state_dict_to_safetensors
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # A tied weight appears under several names; save it once and record the aliases.
+    first_name: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first_name:
+            aliases[name] = first_name[id(param)]
+        else:
+            first_name[id(param)] = name
+    state = {k: v for k, v in model.state_dict().items() if k not in aliases}
+    tensors, metadata = state_dict_to_safetensors(state)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_file(tensors, folder / QUANTIZED_WEIGHTS, metadata={**metadata, "format": "pt"})
+    model.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_json(folder / MARKER, {**marker, "weights": QUANTIZED_WEIGHTS, "aliases": aliases})
+    return folder
+
+
+def copy_source_records(source: Path, dest: Path) -> None:
+    """Keep the distillation's metrics and run config beside the quantized model (for its card)."""
+    for name in ("metrics.json", "run_config.json"):
+        if (Path(source) / name).is_file() and not (Path(source) / name).is_symlink():
+            shutil.copyfile(Path(source) / name, Path(dest) / f"source_{name}")
+
+
+# ---------------------------------------------------------------- model card
+def render_model_card(folder: Path) -> str:
+    folder = Path(folder)
+    config = check_model_folder(folder)
+    marker = read_quantization(folder)
+    run = {}  # what the model came from: a distillation's run config and metrics, when present
+    for name in ("source_metrics.json", "source_run_config.json", "run_config.json"):
+        if (folder / name).is_file():
+            run.update({k: v for k, v in read_json(folder / name).items() if isinstance(v, (str, int, float, list))})
+    lines = [CARD_TAG, f"# {folder.name}", ""]
+    kind = f"TorchAO {marker['scheme']} quantized" if marker else "float"
+    lines += [f"A {config.get('num_hidden_layers', '?')}-layer, {config.get('hidden_size', '?')}-wide "
+              f"{config.get('model_type')} ({', '.join(config.get('architectures') or ['encoder'])}), {kind}.", "",
+              "## Model", ""]
+    for key in ("teacher", "student", "student_from_teacher", "student_config", "method", "temperature", "alpha", "data"):
+        if run.get(key) not in (None, "", []):
+            lines.append(f"- {key.replace('_', ' ')}: `{run[key]}`")
+    labels = config.get("id2label") or {}
+    if labels and config.get("architectures", [""])[0].endswith("ForSequenceClassification"):
+        lines.append(f"- labels: {', '.join(str(labels[k]) for k in sorted(labels, key=int))}")
+    lines.append(f"- layers / hidden / heads: {config.get('num_hidden_layers')} / {config.get('hidden_size')} / "
+                 f"{config.get('num_attention_heads')}")
+    lines += ["", "## Quantization", ""]
+    if marker:
+        lines += [f"- scheme: `{marker['scheme']}` (embeddings: {marker.get('embeddings')}, dtype {marker.get('dtype')})",
+                  f"- loads on: {marker.get('load_device')}; quantized on {marker.get('quantized_on')}",
+                  f"- versions: torch {marker.get('torch')}, torchao {marker.get('torchao')}, "
+                  f"transformers {marker.get('transformers')}"]
+        skipped = marker.get("skipped_layers") or []
+        lines.append(f"- left in full precision: {', '.join(s['name'] + ' (' + s['reason'] + ')' for s in skipped) or 'none'}")
+    else:
+        lines.append("None: float weights.")
+    metric_files = sorted(folder.glob("*metrics.json"))
+    if metric_files:
+        lines += ["", "## Metrics", ""]
+    for path in metric_files:
+        lines += [f"`{path.name}`:", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in _flatten(read_json(path))]
+        lines.append("")
+    lines += ["", "## How to load", "", "In plain Python (run inside the unzipped folder, or change `folder`):", "",
+              "```python", load_snippet(config, marker), "```", "",
+              "With QTinker installed: `model, tokenizer = qtinker.load(folder)`.", ""]
+    return "\n".join(lines)
+
+
+def load_snippet(config: dict, marker: dict | None) -> str:
+    auto = auto_class_name(config)
+    device = "cuda" if marker and marker.get("load_device") == "cuda" else "cpu"
+    lines = ["import torch"]
+    if marker:
+        lines += ["import torchao  # registers TorchAO's tensor types",
+                  "from safetensors import safe_open",
+                  "from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict"]
+    lines += [f"from transformers import AutoConfig, AutoTokenizer, {auto}", "", 'folder = "."', "",
+              "tokenizer = AutoTokenizer.from_pretrained(folder)"]
+    if marker:
+        lines += [f"model = {auto}.from_config(AutoConfig.from_pretrained(folder)).to(torch.{marker.get('dtype', 'float32')})",
+                  f'with safe_open(f"{{folder}}/{QUANTIZED_WEIGHTS}", "pt") as f:',
+                  "    state, _ = unflatten_tensor_state_dict({k: f.get_tensor(k) for k in f.keys()}, f.metadata())",
+                  "model.load_state_dict(state, strict=False, assign=True)"]
+        for alias, kept in (marker.get("aliases") or {}).items():
+            module, attr = alias.rsplit(".", 1)
+            lines.append(f'setattr(model.get_submodule("{module}"), "{attr}", model.get_parameter("{kept}"))  # tied')
+        lines.append(f'model = model.to("{device}").eval()')
+    else:
+        lines.append(f"model = {auto}.from_pretrained(folder).eval()")
+    out = "logits" if auto != "AutoModel" else "last_hidden_state"
+    lines += [f'inputs = tokenizer(["an example sentence"], return_tensors="pt").to("{device}")',
+              "with torch.inference_mode():", f"    print(model(**inputs).{out})"]
+    return "\n".join(lines)
+
+
+def _flatten(value, prefix=""):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(v, f"{prefix}{k}.")
+    elif isinstance(value, list) and value and isinstance(value[0], (int, float)) and len(value) > 12:
+        yield prefix[:-1], f"[{len(value)} values]"
+    else:
+        yield prefix[:-1], json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
+
+
+def write_model_card(model_dir: str | Path) -> Path:
+    """(Re)write README.md; a README that QTinker did not write is kept as ORIGINAL_README.md."""
+    folder = Path(model_dir)
+    card = folder / "README.md"
+    if card.exists() and CARD_TAG not in card.read_text(encoding="utf-8", errors="replace"):
+        os.replace(card, folder / "ORIGINAL_README.md")
+    card.write_text(render_model_card(folder), encoding="utf-8")
+    return card
+
+
+# ---------------------------------------------------------------- zip for download
+def export_zip(model_dir: str | Path, zip_path: str | Path | None = None, overwrite: bool = False, events=None) -> Path:
+    """Zip the folder (card regenerated) under `<folder name>/...`; symlinks are never followed."""
+    from qtinker.paths import outputs_dir
+
+    folder = resolve_model_path(model_dir)
+    check_model_folder(folder)
+    zip_path = Path(zip_path or outputs_dir() / "exports" / f"{folder.name}.zip").expanduser().resolve()
+    if zip_path.suffix != ".zip":
+        raise QTinkerError(f"--zip {zip_path}: the file name must end in .zip")
+    if zip_path.exists() and not overwrite:
+        raise QTinkerError(f"{zip_path}: already exists; choose another --zip or pass --overwrite")
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    card = render_model_card(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".part", dir=zip_path.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(f"{folder.name}/README.md", card)
+            for root, dirs, files in os.walk(folder, followlinks=False):
+                root_path = Path(root)
+                dirs[:] = sorted(d for d in dirs if not _skip(root_path / d, events))
+                for name in sorted(files):
+                    path = root_path / name
+                    if _skip(path, events) or path.resolve() in (zip_path, Path(tmp).resolve()):
+                        continue
+                    rel = path.relative_to(folder).as_posix()
+                    if rel == "README.md":  # ours replaces it; a foreign one is kept beside it
+                        if CARD_TAG in path.read_text(encoding="utf-8", errors="replace"):
+                            continue
+                        rel = "ORIGINAL_README.md"
+                    zf.write(path, f"{folder.name}/{rel}")
+        os.replace(tmp, zip_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return zip_path
+
+
+def _skip(path: Path, events) -> bool:
+    if path.is_symlink():
+        if events:
+            events.emit("warning", message=f"{path}: symlink not packaged (links are never followed)")
+        return True
+    return path.name.startswith(".") and path.name.endswith(".part")
+
+
+# ---------------------------------------------------------------- CLI
+def configure_export(parser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="model folder (path or name) to package")
+    parser.add_argument("--zip", default=None, help="where to write the zip (default: outputs/exports/<name>.zip)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing zip")
+    parser.add_argument("--events", default=None, help="write progress events (JSON lines) to this file")
+
+
+def run_export(args) -> int:
+    from qtinker.events import Events
+
+    events = Events(args.events, echo=True)
+    try:
+        events.emit("start", model=args.model)
+        path = export_zip(args.model, args.zip, overwrite=args.overwrite, events=events)
+    except Exception as exc:
+        events.emit("error", message=str(exc))
+        raise
+    events.emit("done", result=str(path))
+    print(path)
+    return 0

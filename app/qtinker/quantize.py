@@ -1,0 +1,448 @@
+"""Quantize a BERT-family model with TorchAO 0.18 and measure it before and after.
+
+`qtinker quantize MODEL --scheme int8-dynamic --out DIR [--eval-data test.csv]`
+
+The run: load the float model -> measure it (size, accuracy, latency) -> plan which layers
+get which TorchAO config (and which are skipped, and why) -> `quantize_` -> measure again on
+the same machine in the same process -> save DIR (safetensors + quantization.json) -> reload
+DIR and check the outputs match -> metrics.json + model card -> move DIR into place.
+
+This is the only module that imports torchao, always lazily (inside functions): importing it
+prints extension-loading noise on CPU-only machines and costs a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qtinker.config import add_arguments, from_args, option, save_config
+from qtinker.errors import QTinkerError
+from qtinker.events import Events
+
+SCHEMES = {
+    "int8-dynamic": "int8 weights and int8 activations quantized on the fly (TorchAO Int8DynamicActivationInt8WeightConfig). "
+                    "CPU and CUDA; fastest on CPU with torch.compile.",
+    "int8-weight": "int8 weights, float activations (Int8WeightOnlyConfig). CPU and CUDA; saves memory, little speedup.",
+    "int4-weight": "int4 weights in groups, bf16 activations (Int4WeightOnlyConfig). CUDA only (compute capability >= 8.0).",
+}
+HEAD_NAMES = ("classifier", "qa_outputs")  # task heads: a few outputs, kept in full precision by default
+
+
+@dataclass
+class QuantizeConfig:
+    model: str = option("", "Model folder to quantize (a path, or a name in the models / outputs folder).")
+    scheme: str = option("int8-dynamic", "Quantization scheme. " + " ".join(f"{k}: {v}" for k, v in SCHEMES.items()),
+                         choices=list(SCHEMES))
+    embeddings: str = option("int8", "Embedding tables (most of a small BERT's bytes): int8 per row, or none to keep them float.",
+                             choices=["int8", "none"])
+    group_size: int = option(128, "int4-weight only: weights per scale; a layer whose input width is not divisible by it stays float.",
+                             choices=[32, 64, 128, 256])
+    quantize_head: bool = option(False, "Also quantize the task head (classifier); by default it stays float (it is tiny).")
+    out: str = option("", "Output folder (must not exist unless --overwrite).")
+    eval_data: str = option("", "Labelled CSV/TSV/JSONL for accuracy and agreement before vs after (optional).")
+    device: str = option("auto", "Where to quantize and measure: auto picks cuda when present.", choices=["auto", "cpu", "cuda"])
+    compile: bool = option(True, "Also time both models under torch.compile (TorchAO's CPU speed comes with it; adds compile time).")
+    latency_iters: int = option(10, "Timed forward passes per latency figure (after warm-up).")
+    max_length: int = option(128, "Max tokens per example for evaluation.")
+    overwrite: bool = option(False, "Replace the output folder if it exists.")
+
+
+# ---------------------------------------------------------------- torchao's one door
+
+def import_torchao():
+    """Import torchao and check the version (its CPU-wheel extension-loading noise is filtered in
+    qtinker/__init__.py, because transformers' from_pretrained imports torchao too)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchao
+            import torchao.quantization  # noqa: F401
+    except ImportError as exc:
+        raise QTinkerError(f"torchao: cannot import it ({exc}); install it with `pip install torchao>=0.18`") from exc
+    major_minor = tuple(int(x) for x in torchao.__version__.split("+")[0].split(".")[:2])
+    if major_minor < (0, 18):
+        raise QTinkerError(f"torchao {torchao.__version__}: QTinker needs torchao >= 0.18; run `pip install -U torchao`")
+    return torchao
+
+
+def state_dict_to_safetensors(state_dict: dict) -> tuple[dict, dict]:
+    """TorchAO tensor subclasses -> plain tensors + JSON metadata (safetensors.save_file's input)."""
+    import_torchao()
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    return flatten_tensor_state_dict(state_dict)
+
+
+def state_dict_from_safetensors(tensors: dict, metadata: dict) -> dict:
+    """The twin: rebuilds the subclasses from JSON (only TorchAO's allow-listed types; no pickle)."""
+    import_torchao()
+    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+
+    state, leftover = unflatten_tensor_state_dict(tensors, metadata)
+    if leftover:
+        raise QTinkerError(f"quantized weights: unexpected entries {sorted(leftover)[:3]}; the file is corrupt, quantize again")
+    return state
+
+
+def available_schemes() -> dict[str, str | None]:
+    """scheme -> None if it runs on this machine, else the reason (the UI greys it out)."""
+    result: dict[str, str | None] = {"int8-dynamic": None, "int8-weight": None, "int4-weight": None}
+    if not torch.cuda.is_available():
+        result["int4-weight"] = ("int4-weight needs a CUDA GPU (TorchAO's int4 kernels are CUDA-only; its CPU int4 is a "
+                                 "prototype whose weights cannot be saved as safetensors); on this machine use int8-dynamic "
+                                 "(fastest on CPU) or int8-weight")
+    elif torch.cuda.get_device_capability() < (8, 0):
+        major, minor = torch.cuda.get_device_capability()
+        result["int4-weight"] = (f"int4-weight needs a GPU with compute capability >= 8.0 (bf16 tinygemm); this one is "
+                                 f"{major}.{minor}; use int8-dynamic or int8-weight")
+    return result
+
+
+def config_device(config: QuantizeConfig) -> str:
+    return "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def _pick_device(config: QuantizeConfig) -> str:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise QTinkerError("--device cuda: no CUDA GPU is visible here; use --device cpu (or auto)")
+    if config.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return config.device
+
+
+# ---------------------------------------------------------------- the plan: which layer gets what
+
+@dataclass(frozen=True)
+class LayerPlan:
+    name: str
+    kind: str  # "linear" | "embedding"
+    action: str  # "int8-dynamic" | "int8-weight" | "int4-weight" | "int8-rows" | "tied" | "float"
+    reason: str = ""
+    tied_to: str = ""  # the embedding whose weight a tied output layer shares
+
+
+def plan_layers(model: torch.nn.Module, config: QuantizeConfig) -> list[LayerPlan]:
+    """Every Linear and Embedding, with what happens to it and why (nothing is skipped silently)."""
+    embedding_weights = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
+    plans = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding):
+            if config.embeddings == "int8":
+                plans.append(LayerPlan(name, "embedding", "int8-rows"))
+            else:
+                plans.append(LayerPlan(name, "embedding", "float", "--embeddings none"))
+        elif isinstance(module, torch.nn.Linear):
+            tied_to = embedding_weights.get(id(module.weight))
+            if tied_to is not None:
+                if config.embeddings == "int8":
+                    plans.append(LayerPlan(name, "linear", "tied", f"shares the int8 weight of {tied_to}", tied_to))
+                else:
+                    plans.append(LayerPlan(name, "linear", "float", f"weight tied to the float embedding {tied_to}"))
+            elif name.split(".")[-1] in HEAD_NAMES and not config.quantize_head:
+                plans.append(LayerPlan(name, "linear", "float", "task head kept in full precision (--quantize-head to change)"))
+            elif config.scheme == "int4-weight" and module.in_features % config.group_size:
+                plans.append(LayerPlan(name, "linear", "float",
+                                       f"input width {module.in_features} is not divisible by group size {config.group_size}"))
+            elif config.scheme == "int4-weight" and module.out_features < 8:
+                plans.append(LayerPlan(name, "linear", "float", f"only {module.out_features} outputs; int4 tiles need >= 8"))
+            else:
+                plans.append(LayerPlan(name, "linear", config.scheme))
+    return plans
+
+
+def _torchao_config(action: str, config: QuantizeConfig):
+    from torchao.quantization import (Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
+                                      Int8WeightOnlyConfig, IntxWeightOnlyConfig, PerAxis)
+
+    if action == "int8-dynamic":
+        from torchao.utils import should_reduce_range
+
+        # CPUs without VNNI can overflow int8 x int8 sums; TorchAO's helper says when to use 7-bit ranges.
+        return Int8DynamicActivationInt8WeightConfig(reduce_range=should_reduce_range(torch.device(config_device(config))))
+    if action == "int8-weight":
+        return Int8WeightOnlyConfig()
+    if action == "int4-weight":
+        # The default "plain" packing needs the optional mslk package; tinygemm's tile-packed
+        # format ships with torch (CUDA, bf16, SM80+) but pads in_features to a multiple of 1024.
+        try:
+            import mslk  # noqa: F401
+
+            return Int4WeightOnlyConfig(group_size=config.group_size)
+        except ImportError:
+            from torchao.quantization.quantize_.workflows.int4.int4_packing_format import Int4PackingFormat
+
+            return Int4WeightOnlyConfig(group_size=config.group_size,
+                                        int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D)
+    if action == "int8-rows":
+        return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
+    raise ValueError(action)
+
+
+def apply_plan(model: torch.nn.Module, plans: list[LayerPlan], config: QuantizeConfig) -> torch.nn.Module:
+    """quantize_ in place with one FqnToConfig, then re-tie output layers to their int8 embedding."""
+    import_torchao()
+    from torchao.quantization import FqnToConfig, quantize_
+
+    mapping = {p.name: _torchao_config(p.action, config) for p in plans if p.action not in ("float", "tied")}
+    if mapping:
+        # filter_fn=None is required with FqnToConfig (the default Linear filter conflicts with it).
+        quantize_(model, FqnToConfig(mapping), filter_fn=None)
+    for source, target in tied_pairs(plans):
+        _set_param(model, target, _get_module(model, source).weight)
+    return model
+
+
+def tied_pairs(plans: list[LayerPlan]) -> list[tuple[str, str]]:
+    """(embedding, linear) pairs whose linear reuses the embedding's quantized weight."""
+    return [(p.tied_to, p.name) for p in plans if p.action == "tied"]
+
+
+def _get_module(model, name):
+    return model.get_submodule(name) if name else model
+
+
+def _set_param(model, module_name, weight):
+    module = _get_module(model, module_name)
+    module.weight = weight if isinstance(weight, torch.nn.Parameter) else torch.nn.Parameter(weight, requires_grad=False)
+
+
+def weights_bytes(model: torch.nn.Module, include_embeddings: bool = True) -> int:
+    """Bytes of all parameters (shared ones once); TorchAO subclasses count their inner tensors."""
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    total = 0
+    for param in model.parameters():  # deduplicated: a tied weight counts once
+        if not include_embeddings and id(param) in embedding_params:
+            continue
+        total += _tensor_bytes(param)
+    return total
+
+
+def _tensor_bytes(tensor) -> int:
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        return sum(_tensor_bytes(getattr(tensor, n)) for n in tensor.__tensor_flatten__()[0] if getattr(tensor, n) is not None)
+    return tensor.numel() * tensor.element_size()
+
+
+# ---------------------------------------------------------------- the run
+
+def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
+    """Quantize config.model into config.out; returns the metrics written to OUT/metrics.json."""
+    from qtinker import export  # the save/load twin lives there
+
+    events = events or Events(echo=False)
+    source = export.resolve_model_path(config.model)
+    if not config.out:
+        raise QTinkerError("--out: missing; name the folder for the quantized model, e.g. --out outputs/my-model-int8")
+    out = Path(config.out).expanduser().resolve()
+    if out.exists() and not config.overwrite:
+        raise QTinkerError(f"{out}: already exists; choose another --out or pass --overwrite")
+    reason = available_schemes().get(config.scheme, f"unknown scheme; choose one of {', '.join(SCHEMES)}")
+    if reason:
+        raise QTinkerError(f"--scheme {config.scheme}: {reason}")
+    device = _pick_device(config)
+    if config.scheme == "int4-weight" and device != "cuda":
+        raise QTinkerError(f"--scheme int4-weight --device {device}: int4 runs on CUDA only; use --device cuda or int8-dynamic")
+    torchao = import_torchao()
+    events.emit("start", model=str(source), scheme=config.scheme, device=device, threads=torch.get_num_threads())
+
+    # --- data and the float model
+    data = None
+    if config.eval_data:
+        from qtinker.data import load_labelled
+
+        data = load_labelled(config.eval_data)
+    model, tokenizer = export.load_model(source, device="cpu")
+    if export.read_quantization(source):
+        raise QTinkerError(f"{source}: is already quantized; quantize the float model it came from")
+    dtype = torch.bfloat16 if config.scheme == "int4-weight" else torch.float32
+    model = model.to(device=device, dtype=dtype).eval()
+
+    # --- before
+    events.log(f"measuring the float model on {device} ({torch.get_num_threads()} threads)")
+    before = _measure(model, tokenizer, data, config, device, events, "before")
+
+    # --- quantize
+    plans = plan_layers(model, config)
+    quantized = apply_plan(copy.deepcopy(model), plans, config)
+    skipped = [{"name": p.name, "kind": p.kind, "reason": p.reason} for p in plans if p.action == "float"]
+    for layer in skipped:
+        events.emit("warning", message=f"left in full precision: {layer['name']} ({layer['reason']})")
+    events.log(f"quantized {sum(p.action not in ('float',) for p in plans)} of {len(plans)} layers with {config.scheme}")
+
+    # --- after
+    after = _measure(quantized, tokenizer, data, config, device, events, "after",
+                     reference=before.get("predictions"))
+    fidelity = _output_cosine(model, quantized, tokenizer, device)
+
+    # --- save, reload, check
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        marker = {
+            "scheme": config.scheme, "embeddings": config.embeddings,
+            "group_size": config.group_size if config.scheme == "int4-weight" else None,
+            "dtype": str(dtype).replace("torch.", ""), "load_device": "cuda" if config.scheme == "int4-weight" else "any",
+            "quantized_on": device, "torch": torch.__version__, "torchao": torchao.__version__,
+            "transformers": _transformers_version(), "source": source.name,
+            "skipped_layers": skipped, "tied": [list(p) for p in tied_pairs(plans)],
+            "layers": {p.name: p.action for p in plans},
+        }
+        export.save_quantized(quantized, tokenizer, tmp, marker)
+        reloaded, _ = export.load_model(tmp, device=device)
+        reload_cosine = _output_cosine(quantized, reloaded, tokenizer, device)
+        if reload_cosine < 0.999:
+            raise QTinkerError(f"{out}: the saved model reloads with different outputs (cosine {reload_cosine:.4f}); "
+                               "this is a bug, please report it with the model folder")
+        metrics = {
+            "scheme": config.scheme, "scheme_description": SCHEMES[config.scheme], "device": device,
+            "threads": torch.get_num_threads(), "embeddings": config.embeddings,
+            "before": _public(before), "after": _public(after),
+            "ratios": _ratios(before, after), "output_cosine": round(fidelity, 5),
+            "reload_output_cosine": round(reload_cosine, 6),
+            "skipped_layers": skipped, "quantized_layers": sum(p.action != "float" for p in plans),
+            "versions": {"torch": torch.__version__, "torchao": torchao.__version__, "transformers": _transformers_version()},
+        }
+        export.write_json(tmp / "metrics.json", metrics)
+        save_config(dataclasses.replace(config, model=str(source), out=str(out)), tmp / "quantize_config.json")
+        export.copy_source_records(source, tmp)
+        export.write_model_card(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    events.emit("done", result={k: metrics[k] for k in ("scheme", "ratios", "output_cosine")}, out=str(out))
+    return metrics
+
+
+def _measure(model, tokenizer, data, config, device, events, label, reference=None) -> dict:
+    from qtinker.latency import compile_context, compiled, measure_latency
+
+    result: dict = {"weights_bytes": weights_bytes(model), "weights_bytes_without_embeddings": weights_bytes(model, False)}
+    if data is not None:
+        if type(model).__name__.endswith("ForSequenceClassification"):
+            from qtinker.evaluate import evaluate_model
+
+            scores = evaluate_model(model, tokenizer, data, max_length=config.max_length, device=device,
+                                    reference_predictions=reference)
+            result.update(scores)
+        else:
+            events.emit("warning", message="--eval-data given but the model has no classification head; accuracy skipped")
+    vocab = model.config.vocab_size
+    latency = {}
+    for batch in (1, 16):
+        latency[f"batch{batch}_eager_ms"] = measure_latency(model, vocab, batch, 128, config.latency_iters, device=device)["ms"]
+    if config.compile:
+        with compile_context():
+            fast = compiled(model)
+            for batch in (1, 16):
+                try:
+                    latency[f"batch{batch}_compiled_ms"] = measure_latency(fast, vocab, batch, 128, config.latency_iters,
+                                                                           device=device)["ms"]
+                except Exception as exc:  # compile needs a C++ compiler; eager figures still stand
+                    events.emit("warning", message=f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                                                   "compiled latency not measured")
+                    break
+        torch._dynamo.reset()
+    result["latency"] = {**latency, "seq": 128, "threads": torch.get_num_threads(), "iters": config.latency_iters}
+    events.emit("eval", stage=label, **{k: v for k, v in result.items() if k != "predictions"})
+    return result
+
+
+def _public(measured: dict) -> dict:
+    return {k: v for k, v in measured.items() if k != "predictions"}
+
+
+def _ratios(before: dict, after: dict) -> dict:
+    ratios = {"size": round(after["weights_bytes"] / before["weights_bytes"], 4),
+              "size_without_embeddings": round(after["weights_bytes_without_embeddings"]
+                                               / max(before["weights_bytes_without_embeddings"], 1), 4)}
+    for key, value in after["latency"].items():
+        if key.endswith("_ms") and before["latency"].get(key):
+            ratios["speedup_" + key[:-3]] = round(before["latency"][key] / value, 3)
+    if "accuracy" in after and "accuracy" in before:
+        ratios["accuracy_change_points"] = round((after["accuracy"] - before["accuracy"]) * 100, 2)
+    return ratios
+
+
+def _output_cosine(a, b, tokenizer, device) -> float:
+    """Mean cosine between two models' outputs (logits, or the last hidden state) on fixed sentences."""
+    texts = ["the king said unto them that the law is good", "she was not at the house when he came back",
+             "how much time do we have", "love and faith and grace"] * 2
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt").to(device)
+    with torch.inference_mode():
+        x, y = (_main_output(m(**enc)).float() for m in (a, b))
+    return torch.nn.functional.cosine_similarity(x.flatten(1), y.flatten(1)).mean().item()
+
+
+def _main_output(output):
+    return output.logits if getattr(output, "logits", None) is not None else output.last_hidden_state
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+# ---------------------------------------------------------------- CLI
+
+def configure_quantize(parser) -> None:
+    parser.add_argument("model", help=QuantizeConfig.__dataclass_fields__["model"].metadata["help"])
+    add_arguments(parser, QuantizeConfig, skip=("model",))
+    parser.add_argument("--events", default=None, help="Write progress events (JSON lines) to this file.")
+    parser.add_argument("--stop-file", default=None, help="Accepted for symmetry with other runs; quantization is short and not stoppable.")
+
+
+def run_quantize(args) -> int:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # one line per event on the console, not bars
+    config = from_args(QuantizeConfig, args)
+    events = Events(args.events, echo=True, stop_file=args.stop_file)
+    try:
+        metrics = quantize(config, events)
+    except QTinkerError as exc:
+        events.emit("error", message=str(exc))
+        raise
+    except Exception as exc:
+        events.emit("error", message=f"{type(exc).__name__}: {exc}")
+        raise
+    print(format_metrics(metrics))
+    print(f"saved to {Path(config.out).resolve()}  (load it with qtinker.load(...))")
+    return 0
+
+
+def format_metrics(metrics: dict) -> str:
+    """Before vs after as a small table for the console."""
+    b, a, r = metrics["before"], metrics["after"], metrics["ratios"]
+    mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
+    rows = [("weights (total)", mb(b["weights_bytes"]), mb(a["weights_bytes"]), f"x{r['size']:.3f}"),
+            ("weights (no embeddings)", mb(b["weights_bytes_without_embeddings"]), mb(a["weights_bytes_without_embeddings"]),
+             f"x{r['size_without_embeddings']:.3f}")]
+    for key in ("accuracy", "macro_f1"):
+        if key in a:
+            rows.append((key, f"{b[key]:.4f}", f"{a[key]:.4f}", f"{(a[key] - b[key]) * 100:+.2f} pts"))
+    if "agreement" in a:
+        rows.append(("agreement with float", "", f"{a['agreement']:.4f}", ""))
+    for key, value in a["latency"].items():
+        if key.endswith("_ms"):
+            rows.append((f"latency {key[:-3]} (ms)", f"{b['latency'].get(key, float('nan')):.2f}", f"{value:.2f}",
+                         f"{r.get('speedup_' + key[:-3], float('nan')):.2f}x speed"))
+    lines = [f"{metrics['scheme']} on {metrics['device']}, {metrics['threads']} threads, seq 128; "
+             f"output cosine vs float {metrics['output_cosine']:.4f}",
+             f"{'':26}{'before':>14}{'after':>14}{'change':>18}"]
+    lines += [f"{name:26}{x:>14}{y:>14}{z:>18}" for name, x, y, z in rows]
+    for layer in metrics["skipped_layers"]:
+        lines.append(f"left in full precision: {layer['name']} ({layer['reason']})")
+    return "\n".join(lines)
