@@ -1,4 +1,4 @@
-"""Tabs and wiring only: every handler lives in qtinker.ui.handlers and calls the library."""
+"""Tabs and wiring only: each tab's widgets and handlers live in its own module and call the library."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import gradio as gr
 
 from qtinker import paths
-from qtinker.ui import handlers
+from qtinker.ui import common, distill_tab, jobs_tab, models_tab, quantize_tab
 
 MAX_UPLOAD = "200mb"
 
@@ -16,13 +16,23 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="QTinker") as demo:
         gr.Markdown("# QTinker\nShrink a big BERT into a small, fast model you can ship: "
                     "**Models → Distill → Quantize & Export → Download**.")
+        timer = gr.Timer(1.0)  # every live view reads its job's files from disk once a second
         with gr.Tabs():
             with gr.Tab("Models", id="models"):
-                gr.Markdown("The catalog of BERT-family models, and which are present in your models folder.")
-                catalog = gr.Dataframe(value=handlers.catalog_table(), label="Model catalog", interactive=False,
-                                       wrap=True)
-                refresh = gr.Button("Refresh")
-                refresh.click(handlers.catalog_table, outputs=catalog, api_name="catalog")
+                models_tab.build(timer)
+            with gr.Tab("Distill", id="distill") as distill:
+                teacher, student = distill_tab.build(timer, demo)
+            with gr.Tab("Quantize & Export", id="quantize") as quantize:
+                to_quantize, to_zip = quantize_tab.build(timer, demo)
+            with gr.Tab("Jobs", id="jobs"):
+                jobs_tab.build(timer)
+        # models downloaded or made meanwhile appear in the pickers when their tab is opened
+        distill.select(lambda: (gr.update(choices=common.model_names(quantized=False)),
+                                gr.update(choices=distill_tab.student_choices())),
+                       None, [teacher, student], api_visibility="private")
+        quantize.select(lambda: (gr.update(choices=common.model_names(quantized=False)),
+                                 gr.update(choices=common.model_names())),
+                        None, [to_quantize, to_zip], api_visibility="private")
     return demo
 
 

@@ -1,0 +1,395 @@
+"""Background runs: a `qtinker <command>` subprocess the app owns, with its state on disk.
+
+A job outlives the browser tab (and the app): it runs
+
+    python -m qtinker <command> ... --events events.jsonl [--stop-file STOP]
+
+in its own process group, stdout + stderr going to log.txt. Everything about it lives in
+outputs_dir()/jobs/<id>/:
+
+    job.json       command, args, slot, status, pid, started, ended, exit_code
+    events.jsonl   the run's progress events (qtinker.events)
+    log.txt        the process's stdout and stderr
+    STOP           created by stop_job(); the run stops at its next step and keeps its checkpoint
+
+Status: "queued" (waiting for its slot), "running", then "done" only if the process exited 0 AND
+its last event is "done"; "stopped" if a stop was asked for (and it did not end in an error);
+otherwise "failed". A job whose process vanished without being seen to finish (the app or the
+machine restarted) is "failed (interrupted)". One job per slot (a device: "cpu", "cuda") runs at
+a time; a second start names the running one, or waits as "queued" when asked to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qtinker import paths
+from qtinker.errors import QTinkerError
+from qtinker.events import read_events
+
+STOP_GRACE_S = 60.0  # a step on CPU with a large teacher can take seconds; saving the checkpoint longer
+
+_LOCK = threading.Lock()  # one start at a time, so two clicks cannot both take a slot
+_LOCK_FILE = threading.RLock()  # job.json read-modify-write
+_PROCS: dict[str, subprocess.Popen] = {}  # jobs this app process started (and reaps)
+
+
+@dataclass
+class Job:
+    id: str
+    command: str
+    args: list[str]
+    slot: str | None = None  # "cpu", "cuda:0", ...: one running job per slot; None: no limit
+    title: str = ""
+    out: str | None = None  # the folder the run writes, when known
+    status: str = "running"
+    pid: int | None = None
+    started: float = 0.0
+    ended: float | None = None
+    exit_code: int | None = None
+    stop_requested: bool = False
+    note: str = ""
+    argv: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        # fixed when the job is read, so a watcher thread keeps its folder if the env changes
+        return getattr(self, "_dir", None) or jobs_dir() / self.id
+
+    @property
+    def events_path(self) -> Path:
+        return self.dir / "events.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "log.txt"
+
+    @property
+    def stop_path(self) -> Path:
+        return self.dir / "STOP"
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def events(self) -> list[dict]:
+        return read_events(self.events_path)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return log_tail(self.log_path, lines)
+
+    def error(self) -> str | None:
+        """Why it failed, in one line: the run's "error" event, else the last log line."""
+        if self.status not in ("failed", "failed (interrupted)"):
+            return None
+        errors = [e for e in self.events() if e.get("type") == "error"]
+        if errors:
+            return str(errors[-1].get("message", "")) or "failed"
+        tail = [line for line in self.log_tail(20).splitlines() if line.strip()]
+        reason = self.note or (f"exit code {self.exit_code}" if self.exit_code is not None else "no exit code")
+        return f"{reason}: {tail[-1]}" if tail else reason
+
+    def result(self) -> dict | None:
+        """The "done" event's result, only for a job that succeeded."""
+        if self.status != "done":
+            return None
+        done = [e for e in self.events() if e.get("type") == "done"]
+        return done[-1].get("result") if done else None
+
+
+def jobs_dir() -> Path:
+    return paths.outputs_dir() / "jobs"
+
+
+def log_tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
+    if not path.exists():
+        return ""
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - max_bytes))
+        text = f.read().decode("utf-8", errors="replace")
+    # as a terminal shows it: a progress bar rewrites its line with \r, so only its last state stays
+    shown = [next((part for part in reversed(line.split("\r")) if part.strip()), "") for line in text.split("\n")]
+    while shown and not shown[-1]:
+        shown.pop()
+    return "\n".join(shown[-lines:])
+
+
+# ---------------------------------------------------------------- start / stop
+
+
+def start_job(command: str, args: list[str], *, slot: str | None = "cpu", title: str = "",
+              out: str | Path | None = None, stoppable: bool = True, extra: dict | None = None,
+              queue: bool = False, program: list[str] | None = None) -> Job:
+    """Launch `python -m qtinker COMMAND ARGS --events ... [--stop-file ...]` in the background.
+
+    When another job holds the same slot: refuse (QTinkerError naming the running job), or with
+    `queue=True` wait as "queued" and start when the slot frees (several schemes to quantize).
+    `program` replaces `python -m qtinker` (tests run a small script that emits events).
+    """
+    with _LOCK:
+        busy = running_job(slot) if slot is not None else None
+        if busy is not None and not queue:
+            raise QTinkerError(
+                f"{busy.slot}: {busy.command} job {busy.id} ({busy.title or busy.command}) is running since "
+                f"{time.strftime('%H:%M:%S', time.localtime(busy.started))}; one job per device at a time: "
+                f"stop it or wait until it finishes")
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{secrets.token_hex(2)}"
+        job = Job(id=job_id, command=command, args=[str(a) for a in args], slot=slot, title=title,
+                  out=str(out) if out else None, started=time.time(), extra=dict(extra or {}))
+        job._dir = jobs_dir() / job_id
+        job.dir.mkdir(parents=True, exist_ok=False)
+        job.argv = [*(program or [sys.executable, "-m", "qtinker"]), command, *job.args, "--events", str(job.events_path)]
+        if stoppable:
+            job.argv += ["--stop-file", str(job.stop_path)]
+        if busy is not None or (slot is not None and _queued(slot)):
+            job.status = "queued"
+            _save(job)
+            return job
+        return _launch(job)
+
+
+def _launch(job: Job) -> Job:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
+    # the child must import this checkout's package even when the app runs from a plain checkout
+    env["PYTHONPATH"] = os.pathsep.join([str(paths.PACKAGE_DIR.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with job.log_path.open("ab") as log:
+        log.write(("$ qtinker " + " ".join([job.command, *job.args]) + "\n").encode())
+        log.flush()
+        proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=str(job.dir), **_new_group())
+    job.pid, job.status, job.started = proc.pid, "running", time.time()
+    _PROCS[job.id] = proc
+    _save(job)
+    threading.Thread(target=_watch, args=(job.dir, proc), name=f"job-{job.id}", daemon=True).start()
+    return job
+
+
+def _queued(slot: str, root: Path | None = None) -> list[Job]:
+    found = _all(root or jobs_dir(), adopt=False)
+    return sorted((j for j in found if j.status == "queued" and j.slot == slot), key=lambda j: j.started)
+
+
+def _start_next(slot: str | None, root: Path) -> None:
+    """The slot is free: start its oldest queued job, if any."""
+    if slot is None:
+        return
+    with _LOCK:
+        if any(j.running and j.slot == slot for j in _all(root)):
+            return
+        waiting = _queued(slot, root)
+        if waiting:
+            _launch(waiting[0])
+
+
+def stop_job(job_id: str, grace_s: float = STOP_GRACE_S) -> Job:
+    """Ask the run to stop at its next step (it keeps its checkpoint); kill it after `grace_s`."""
+    job = get_job(job_id)
+    if job.status == "queued":
+        return _update(job.dir, status="stopped", ended=time.time(), stop_requested=True, note="cancelled before it started")
+    if not job.running:
+        return job
+    folder = job.dir
+    job.stop_path.write_text("stop requested from the app\n", encoding="utf-8")
+    _update(folder, stop_requested=True)
+
+    def hard_kill() -> None:
+        deadline = time.time() + grace_s
+        while time.time() < deadline:
+            if not _load(folder).running:
+                return
+            time.sleep(0.2)
+        current = _load(folder)
+        if current.running and current.pid:
+            _update(folder, note=f"killed after a {grace_s:g} s grace period")
+            _kill_group(current.pid)
+
+    threading.Thread(target=hard_kill, name=f"stop-{job_id}", daemon=True).start()
+    return _load(folder)
+
+
+def accepts_flag(command: str, flag: str) -> bool:
+    """Does `qtinker COMMAND` take FLAG (e.g. --stop-file)? Asks the command's own parser."""
+    import argparse
+    import importlib
+
+    from qtinker.cli import COMMANDS
+
+    if command not in _FLAGS:
+        module = importlib.import_module(COMMANDS[command][0])
+        parser = argparse.ArgumentParser()
+        getattr(module, f"configure_{command.replace('-', '_')}")(parser)
+        _FLAGS[command] = {s for a in parser._actions for s in a.option_strings}
+    return flag in _FLAGS[command]
+
+
+_FLAGS: dict[str, set[str]] = {}
+
+
+# ---------------------------------------------------------------- reading state
+
+
+def get_job(job_id: str) -> Job:
+    return _load(jobs_dir() / job_id)
+
+
+def _load(folder: Path, adopt: bool = True) -> Job:
+    try:
+        data = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise QTinkerError(f"job {folder.name!r}: not found in {folder.parent} ({exc.__class__.__name__})") from exc
+    job = _from_dict(data, folder)
+    if adopt and job.running and job.id not in _PROCS:
+        job = _adopt(job)
+    return job
+
+
+def _from_dict(data: dict, folder: Path) -> Job:
+    job = Job(**{k: v for k, v in data.items() if k in Job.__dataclass_fields__})
+    job._dir = folder
+    return job
+
+
+def list_jobs(command: str | None = None) -> list[Job]:
+    """Every job on disk, newest first (optionally only one command's)."""
+    root = jobs_dir()
+    for slot in {j.slot for j in _all(root, adopt=False) if j.status == "queued"}:
+        _start_next(slot, root)  # after an app restart nobody else starts them
+    return [j for j in _all(root) if command is None or j.command == command]
+
+
+def _all(root: Path, adopt: bool = True) -> list[Job]:
+    jobs = []
+    for folder in root.iterdir() if root.exists() else []:
+        if (folder / "job.json").exists():
+            try:
+                jobs.append(_load(folder, adopt=adopt))
+            except QTinkerError:
+                continue
+    return sorted(jobs, key=lambda j: j.started, reverse=True)
+
+
+def running_job(slot: str) -> Job | None:
+    return next((j for j in _all(jobs_dir()) if j.running and j.slot == slot), None)
+
+
+def latest_job(command: str) -> Job | None:
+    jobs = list_jobs(command)
+    return jobs[0] if jobs else None
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _final_status(job: Job, exit_code: int | None) -> str:
+    events = job.events()
+    last = events[-1]["type"] if events else None
+    if exit_code == 0 and last == "done":
+        return "done"
+    if (job.stop_requested or job.stop_path.exists()) and last != "error":
+        return "stopped"  # ended at the user's request (by itself at a step, or killed after the grace period)
+    return "failed"
+
+
+def _watch(folder: Path, proc: subprocess.Popen) -> None:
+    code = proc.wait()  # also reaps the child, so a finished job never looks alive
+    job = _from_dict(json.loads((folder / "job.json").read_text(encoding="utf-8")), folder)
+    status = _final_status(job, code)
+    note = job.note
+    if status == "failed" and not note:
+        note = f"exited with code {code}" if code != 0 else "exited without reporting success"
+    _update(folder, status=status, exit_code=code, ended=time.time(), note=note)
+    _PROCS.pop(job.id, None)
+    try:
+        _start_next(job.slot, folder.parent)
+    except (OSError, QTinkerError) as exc:  # a queued job that cannot start says so in its own log
+        print(f"qtinker.jobs: could not start the next queued job: {exc}", file=sys.stderr)
+
+
+def _adopt(job: Job) -> Job:
+    """A job started by an earlier app process: still running, or finished while nobody watched."""
+    if job.pid and _pid_alive(job.pid, job.id):
+        return job
+    events = job.events()
+    if events and events[-1].get("type") == "done" and not job.stop_requested:
+        # finished while no app watched it: the exit code was not recorded, the run reported success
+        return _update(job.dir, status="done", ended=events[-1].get("time") or time.time(),
+                       note="finished while the app was not watching")
+    status = "stopped" if job.stop_requested else "failed (interrupted)"
+    ended = events[-1].get("time") if events else None
+    return _update(job.dir, status=status, ended=ended or time.time(),
+                   note=job.note or "the process ended without finishing (the app or machine was restarted)")
+
+
+def _update(folder: Path, **changes) -> Job:
+    with _LOCK_FILE:
+        data = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+        data.update(changes)
+        job = _from_dict(data, folder)
+        _save(job)
+        return job
+
+
+
+def _save(job: Job) -> None:
+    with _LOCK_FILE:
+        tmp = job.dir / "job.json.tmp"
+        tmp.write_text(json.dumps(asdict(job), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, job.dir / "job.json")
+
+
+def _new_group() -> dict:
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+
+
+def _pid_alive(pid: int, job_id: str) -> bool:
+    """Is `pid` still this job's process (and not a reused pid)?"""
+    if os.name == "nt":
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            text = cmdline.read_bytes()
+        except OSError:
+            return False
+        if not text:  # a zombie: exited, not yet reaped
+            return False
+        return job_id.encode() in text
+    return True

@@ -1,0 +1,76 @@
+"""Small adapters shared by the tabs: local-model pickers, output folder names, the detected device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def local_models(quantized: bool | None = None) -> list:
+    """The registry's local models (optionally only float or only quantized ones), newest results included."""
+    from qtinker.registry import list_local_models
+
+    models = [m for m in list_local_models() if not m.name.endswith(".partial")]
+    if quantized is not None:
+        models = [m for m in models if bool(m.quantization) == quantized]
+    return models
+
+
+def model_names(quantized: bool | None = None) -> list[str]:
+    return [m.name for m in local_models(quantized)]
+
+
+def find_model(name: str | None):
+    if not name:
+        return None
+    return next((m for m in local_models() if m.name == name), None)
+
+
+def model_summary(m) -> str:
+    parts = [f"{m.layers} layers", f"{m.hidden} hidden", f"{m.heads} heads"]
+    if m.parameters:
+        parts.append(f"{m.parameters / 1e6:.2f}M parameters")
+    parts.append(f"{m.num_labels} labels" if m.num_labels else "no task head")
+    if m.quantization:
+        parts.append(f"quantized: {m.quantization}")
+    return " · ".join(parts) + f"  \n*{m.kind}*, `{m.path}`"
+
+
+def unique_folder(path: Path, suffix: str = "") -> Path:
+    """`path`, or `path-2`, `path-3`… when it (or its half-written `.partial`) already exists."""
+    candidate, n = path, 1
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
+        n += 1
+        candidate = path.with_name(f"{stem}-{n}{suffix}")
+    return candidate
+
+
+def keep_upload(path: str) -> Path:
+    """Copy an uploaded data file into outputs/data/ so the run (and its saved config) keeps a stable path."""
+    import shutil
+
+    from qtinker import paths
+
+    source = Path(path)
+    dest = unique_folder(paths.outputs_dir() / "data" / source.name, source.suffix)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, dest)
+    return dest
+
+
+def device_slot() -> str:
+    """The device a run will use ("cuda" or "cpu"): one job at a time holds it."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_markdown() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        more = f" (+{torch.cuda.device_count() - 1} more)" if torch.cuda.device_count() > 1 else ""
+        return f"Device: **GPU {props.name}**, {props.total_memory / 2**30:.0f} GiB{more}"
+    return (f"Device: **CPU** ({torch.get_num_threads()} threads) — no CUDA GPU found; training is slower, "
+            "so start with a small teacher and the bundled sample.")

@@ -1,0 +1,278 @@
+"""Distill tab: pick teacher, student, data and method; start a background run and watch it live."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from qtinker import jobs, paths
+from qtinker.errors import QTinkerError
+from qtinker.ui import common, live
+
+FROM_TEACHER = "from the teacher: N layers"
+CUSTOM = "custom config (layers, hidden, heads)"
+SAMPLE = "Bundled sample (KJV verses → Bible section)"
+UPLOAD = "Upload a file"
+# DistillConfig fields shown per method (temperature and alpha weigh the soft-target loss every method uses)
+METHOD_FIELDS = {"logit": ("temperature", "alpha"), "patient": ("beta", "layer_map"),
+                 "feature": ("hidden_weight", "attention_weight", "embedding_weight", "layer_map")}
+COMMON_FIELDS = ("method", "temperature", "alpha", "beta", "layer_map", "hidden_weight", "attention_weight",
+                 "embedding_weight", "epochs", "batch_size", "lr", "max_length", "student_from_teacher", "student_config")
+
+
+def student_choices() -> list[str]:
+    return [*common.model_names(quantized=False), FROM_TEACHER, CUSTOM]
+
+
+def describe_student(teacher: str | None, student: str | None, n_layers: float | None, custom: str) -> dict | None:
+    """What the chosen student will be: a local model's description, or one derived from the teacher."""
+    t = common.find_model(teacher)
+    if student == FROM_TEACHER:
+        if t is None:
+            return None
+        return {"name": f"{int(n_layers or 0)} of the teacher's layers", "layers": int(n_layers or 0), "hidden": t.hidden,
+                "heads": t.heads, "vocab_sha256": t.vocab_sha256, "vocab_size": t.vocab_size, "parameters": None}
+    if student == CUSTOM:
+        numbers = [int(x) for x in re.findall(r"\d+", custom or "")]
+        if len(numbers) not in (3, 4) or t is None:
+            return None
+        return {"name": "a fresh student", "layers": numbers[0], "hidden": numbers[1], "heads": numbers[2],
+                "vocab_sha256": t.vocab_sha256, "vocab_size": t.vocab_size, "parameters": None}
+    m = common.find_model(student)
+    return None if m is None else {"name": m.name, "layers": m.layers, "hidden": m.hidden, "heads": m.heads,
+                                   "vocab_sha256": m.vocab_sha256, "vocab_size": m.vocab_size, "parameters": m.parameters}
+
+
+def verdict(teacher: str | None, student: str | None, n_layers: float | None, custom: str, method: str) -> str:
+    """Compatibility of teacher and student, before Start: refusals explained, adaptations announced."""
+    t = common.find_model(teacher)
+    if t is None:
+        return "Pick a teacher (download or import one in the Models tab)."
+    s = describe_student(teacher, student, n_layers, custom)
+    if student == FROM_TEACHER and not 1 <= int(n_layers or 0) <= t.layers:
+        return f"**Not compatible:** the teacher has {t.layers} layers: choose 1–{t.layers} layers for the student."
+    if student == CUSTOM and s is None:
+        return "**Not compatible:** write the custom student as LAYERS, HIDDEN, HEADS (e.g. 4, 256, 4); HIDDEN must divide by HEADS."
+    if s is None:
+        return "Pick a student."
+    if student == CUSTOM and s["hidden"] % s["heads"]:
+        return (f"**Not compatible:** hidden size {s['hidden']} does not divide into {s['heads']} heads; "
+                f"pick e.g. {s['hidden'] // 64 or 1} heads.")
+    if s["vocab_sha256"] and t.vocab_sha256 and s["vocab_sha256"] != t.vocab_sha256:
+        return (f"**Not compatible: vocabularies differ** (teacher {t.vocab_size} tokens, student {s['vocab_size']}): "
+                "distillation compares "
+                "the two models token by token, so the student must use the teacher's tokenizer. Pick a student from the "
+                f"same family (e.g. both uncased English), or build one *{FROM_TEACHER}*.")
+    notes = [f"**Compatible**: same vocabulary ({t.vocab_size} tokens); teacher {t.layers} layers → student {s['layers']}."]
+    if s["hidden"] != t.hidden:
+        notes.append(f"Widths differ ({t.hidden} vs {s['hidden']}): projections will be learned "
+                     "to compare hidden states (used by the patient and feature methods).")
+    if method == "feature" and s["heads"] != t.heads:
+        notes.append(f"Head counts differ ({t.heads} vs {s['heads']}): the attention loss will be skipped.")
+    if t.num_labels is None:
+        notes.append("The teacher has no task head: it is fine-tuned on your data first (and kept for reuse).")
+    else:
+        notes.append(f"The teacher has a {t.num_labels}-label head; if your data has other classes it is fine-tuned first.")
+    return "\n\n".join(notes)
+
+
+def model_card(name: str | None, student: str | None = None, n_layers=None, custom: str = "") -> str:
+    s = describe_student(name, student, n_layers, custom) if student else None
+    m = common.find_model(name) if student is None else None
+    if m is not None:
+        return common.model_summary(m)
+    if s is not None:
+        return f"{s['layers']} layers · {s['hidden']} hidden · {s['heads']} heads" + (
+            f" · {s['parameters'] / 1e6:.2f}M parameters" if s["parameters"] else "")
+    return ""
+
+
+def data_preview(choice: str, upload: str | None) -> tuple[pd.DataFrame, str]:
+    """The first rows, the detected columns and the task of the chosen training data."""
+    from qtinker.data import load_labelled, sample_dataset_path
+
+    path = sample_dataset_path() if choice == SAMPLE else upload
+    if not path:
+        return pd.DataFrame(), "Upload a CSV, TSV, JSONL or TXT file (TXT: one unlabelled example per line)."
+    if Path(path).suffix.lower() == ".txt":
+        from qtinker.data import load_unlabelled
+
+        texts = load_unlabelled(path)
+        return pd.DataFrame({"text": texts[:5]}), (f"**{len(texts)} unlabelled lines**: task-agnostic distillation "
+                                                   "(the student learns the teacher's masked-word predictions).")
+    try:
+        data = load_labelled(path)
+    except QTinkerError as exc:
+        return pd.DataFrame(), f"**Error:** {exc}"
+    cols = ", ".join(f"{role} = `{name}`" for role, name in data.columns.items())
+    names = ", ".join(map(str, data.label_names[:8])) + ("…" if len(data.label_names) > 8 else "")
+    classes = f", {len(data.label_names)} classes ({names})" if data.task == "classification" else ""
+    return pd.DataFrame(data.preview(5)), f"**{len(data)} examples** · task: **{data.task}**{classes} · columns: {cols}"
+
+
+def start(teacher, student, n_layers, custom, choice, upload, method, temperature, alpha, beta, layer_map,
+          hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr, max_length, out_name) -> str:
+    """Start the distillation as a background job (refused while another job holds the device)."""
+    from qtinker.data import sample_dataset_path, sample_eval_path
+
+    check = verdict(teacher, student, n_layers, custom, method)
+    if not check.startswith("**Compatible**"):
+        return check
+    t = common.find_model(teacher)
+    if choice != SAMPLE and not upload:
+        return "**Error:** Choose the training data: the bundled sample or an uploaded file."
+    data = str(sample_dataset_path()) if choice == SAMPLE else str(common.keep_upload(upload))
+    name = (out_name or "").strip() or f"{t.name}-{method}-student"
+    if not re.fullmatch(r"[\w.-]+", name):
+        return f"**Error:** Output name {name!r}: use letters, digits, '-', '_' or '.' only."
+    out = common.unique_folder(paths.outputs_dir() / name)
+    args = ["--teacher", str(t.path), "--method", method, "--out", str(out), "--epochs", int(epochs),
+            "--batch-size", int(batch_size), "--lr", float(lr), "--max-length", int(max_length),
+            "--temperature", float(temperature), "--alpha", float(alpha), "--beta", float(beta), "--layer-map", layer_map,
+            "--hidden-weight", float(hidden_weight), "--attention-weight", float(attention_weight),
+            "--embedding-weight", float(embedding_weight)]
+    args += ["--unlabeled", data] if Path(data).suffix.lower() == ".txt" else ["--data", data]
+    if choice == SAMPLE:
+        args += ["--eval-data", str(sample_eval_path())]
+    if student == FROM_TEACHER:
+        args += ["--student-from-teacher", int(n_layers)]
+    elif student == CUSTOM:
+        args += ["--student-config", ",".join(re.findall(r"\d+", custom))]
+    else:
+        args += ["--student", str(common.find_model(student).path)]
+    device = common.device_slot()
+    who = student if student not in (FROM_TEACHER, CUSTOM) else "student"
+    try:
+        job = jobs.start_job("distill", args, slot=device, title=f"distill {t.name} → {who} ({method})", out=out)
+    except QTinkerError as exc:
+        return f"**Error:** {exc}"
+    return f"Started job `{job.id}` on {device}: it keeps running if you close this tab. Output: `{out}`"
+
+
+def stop_latest() -> str:
+    job = jobs.latest_job("distill")
+    if job is None or not job.running:
+        return "No distillation is running."
+    jobs.stop_job(job.id)
+    return f"Stopping `{job.id}` at the next step; its checkpoint is kept (continue later with --resume)."
+
+
+def view(seen: tuple):
+    """Once a second (and on page load): the latest distillation's live state. seen: (signature, series drawn)."""
+    job = jobs.latest_job("distill")
+    sig = live.signature(job)
+    last_sig, drawn = seen or (None, ())
+    if sig == last_sig:
+        return (*[gr.skip()] * 6, seen)
+    plot, drawn = live.plot_value(live.loss_frame(job), "series", drawn)
+    warn = live.warnings_markdown(job)
+    return (live.status_markdown(job, "distillation"), live.progress_markdown(job) + ("\n\n" + warn if warn else ""),
+            plot, live.eval_frame(job), live.log_text(job, 8), gr.update(interactive=bool(job and job.running)),
+            (sig if drawn is not None else None, drawn or ()))
+
+
+def field_updates() -> list:
+    """Info text and defaults from DistillConfig (imported here, after launch: it imports torch)."""
+    from qtinker.config import field_choices, field_help
+    from qtinker.distill import DistillConfig
+
+    defaults = DistillConfig()
+    updates = []
+    for name in COMMON_FIELDS:
+        update = {"info": field_help(DistillConfig, name)}
+        if name not in ("student_from_teacher", "student_config"):  # the UI's own starting values stay
+            update["value"] = getattr(defaults, name)
+        if field_choices(DistillConfig, name):
+            update["choices"] = field_choices(DistillConfig, name)
+        updates.append(gr.update(**update))
+    return updates
+
+
+def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
+    gr.Markdown("Train a small **student** to imitate a big **teacher** on your task. The run happens in the background: "
+                "closing or reloading this page does not stop it.")
+    with gr.Row(elem_id="distill_models"):
+        with gr.Column():
+            teacher = gr.Dropdown(label="Teacher", choices=common.model_names(quantized=False), allow_custom_value=True,
+                                  info="the big model whose behaviour is copied")
+            teacher_info = gr.Markdown()
+        with gr.Column():
+            student = gr.Dropdown(label="Student", choices=student_choices(), value=FROM_TEACHER, allow_custom_value=True,
+                                  info="a small local model, N of the teacher's layers, or a fresh custom shape")
+            n_layers = gr.Number(label="Student layers (from the teacher)", value=2, precision=0, minimum=1)
+            custom = gr.Textbox(label="Custom student: layers, hidden, heads", value="4, 256, 4", visible=False)
+            student_info = gr.Markdown()
+    compat = gr.Markdown(elem_id="compatibility")
+    with gr.Row():
+        data_choice = gr.Radio([SAMPLE, UPLOAD], value=SAMPLE, label="Training data", elem_id="distill_data_choice")
+        upload = gr.File(label="Data file (CSV / TSV / JSONL with text + label, or TXT)", type="filepath",
+                         file_types=[".csv", ".tsv", ".jsonl", ".txt"], visible=False, elem_id="distill_data")
+    data_summary = gr.Markdown(elem_id="data_summary")
+    preview = gr.Dataframe(label="First rows", interactive=False, wrap=True, max_height=220)
+    method = gr.Radio(["logit", "patient", "feature"], value="logit", label="Method", elem_id="method")
+    with gr.Row():
+        temperature = gr.Number(label="temperature", value=2.0)
+        alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="alpha (soft-target weight)")
+    with gr.Row(visible=False) as patient_row:
+        beta = gr.Number(label="beta (patient weight)", value=100.0)
+    with gr.Row(visible=False) as feature_row:
+        hidden_weight = gr.Number(label="hidden_weight", value=1.0)
+        attention_weight = gr.Number(label="attention_weight", value=1.0)
+        embedding_weight = gr.Number(label="embedding_weight", value=1.0)
+    layer_map = gr.Dropdown(["auto", "pkd-skip", "pkd-last", "uniform", "last"], value="auto", label="layer_map", visible=False)
+    device_md = gr.Markdown("Device: detecting…", elem_id="device")
+    with gr.Row(elem_id="distill_training"):
+        epochs = gr.Number(label="epochs", value=3, precision=0, minimum=1)
+        batch_size = gr.Number(label="batch size", value=32, precision=0, minimum=1)
+        lr = gr.Number(label="learning rate", value=1e-4)
+        max_length = gr.Number(label="max tokens", value=128, precision=0, minimum=8)
+        out_name = gr.Textbox(label="Output name", placeholder="default: <teacher>-<method>-student", info="folder under outputs/")
+    with gr.Row():
+        start_button = gr.Button("Start distillation", variant="primary")
+        stop_button = gr.Button("Stop", variant="stop", interactive=False)
+    started = gr.Markdown(elem_id="distill_started")
+    gr.Markdown("### Live")
+    status = gr.Markdown("No distillation yet.", elem_id="distill_status")
+    progress = gr.Markdown(elem_id="distill_progress")
+    with gr.Row():
+        loss_plot = gr.LinePlot(value=None, x="step", y="value", color="series", title="Training loss",
+                                x_title="step", y_title="loss", height=280)
+        evals = gr.Dataframe(label="Evaluation per epoch (epoch 0 = the teacher)", interactive=False, wrap=True,
+                             elem_id="distill_evals")
+    log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, autoscroll=True, interactive=False)
+
+    pick = [teacher, student, n_layers, custom, method]
+    for box in pick:
+        box.change(verdict, pick, compat, api_visibility="private", show_progress="hidden")
+    teacher.change(model_card, teacher, teacher_info, api_visibility="private")
+    for box in (teacher, student, n_layers, custom):
+        box.change(model_card, [teacher, student, n_layers, custom], student_info, api_visibility="private")
+    student.change(lambda s: (gr.update(visible=s == FROM_TEACHER), gr.update(visible=s == CUSTOM)), student,
+                   [n_layers, custom], api_visibility="private")
+    data_choice.change(lambda c: gr.update(visible=c == UPLOAD), data_choice, upload, api_visibility="private")
+    upload.change(data_preview, [data_choice, upload], [preview, data_summary], api_name="data_preview")
+    data_choice.change(data_preview, [data_choice, upload], [preview, data_summary], api_visibility="private")
+    method.change(lambda m: (gr.update(visible=m == "patient"), gr.update(visible=m == "feature"),
+                             gr.update(visible=m != "logit")), method, [patient_row, feature_row, layer_map],
+                  api_visibility="private")
+    gr.api(verdict, api_name="compatibility")
+    start_button.click(start, [teacher, student, n_layers, custom, data_choice, upload, method, temperature, alpha, beta,
+                               layer_map, hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr,
+                               max_length, out_name], started, api_name="distill_start")
+    stop_button.click(stop_latest, None, started, api_name="distill_stop")
+
+    seen = gr.State(())
+    live_outputs = [status, progress, loss_plot, evals, log, stop_button, seen]
+    timer.tick(view, seen, live_outputs, api_visibility="private", show_progress="hidden")
+    refresh = lambda: (gr.update(choices=common.model_names(quantized=False)), gr.update(choices=student_choices()))  # noqa: E731
+    demo.load(refresh, None, [teacher, student], api_visibility="private")
+    demo.load(view, seen, live_outputs, api_visibility="private")  # re-attach to a run after a reload
+    demo.load(lambda: common.device_markdown(), None, device_md, api_visibility="private")
+    demo.load(data_preview, [data_choice, upload], [preview, data_summary], api_visibility="private")
+    demo.load(field_updates, None, [method, temperature, alpha, beta, layer_map, hidden_weight, attention_weight,
+                                    embedding_weight, epochs, batch_size, lr, max_length, n_layers, custom],
+              api_visibility="private")
+    return teacher, student

@@ -1,0 +1,187 @@
+"""Turn a background job's files (job.json, events.jsonl, log.txt) into what the browser shows.
+
+Pure adapters: a Job in, Markdown / DataFrames / text out. The Timer in each tab calls these
+once a second; nothing here starts or changes a job.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pandas as pd
+
+from qtinker.jobs import Job
+
+LOSS_COLUMNS = ["step", "value", "series"]
+NOT_LOSSES = {"step", "total_steps", "epoch", "epochs", "examples_per_s", "eta_s", "time", "bytes", "total", "speed", "eta",
+              "lr", "micro_batch"}
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def log_text(job: Job | None, lines: int = 14) -> str:
+    """The last lines of a job's log, without terminal colour codes."""
+    return ANSI.sub("", job.log_tail(lines)) if job else ""
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def human_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(round(s))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def last(events: list[dict], kind: str) -> dict | None:
+    found = [e for e in events if e.get("type") == kind]
+    return found[-1] if found else None
+
+
+def signature(job: Job | None) -> tuple:
+    """Changes whenever what the view shows changes (so an idle tick can skip re-rendering)."""
+    if job is None:
+        return (None,)
+    size = job.events_path.stat().st_size if job.events_path.exists() else 0
+    log = job.log_path.stat().st_size if job.log_path.exists() else 0
+    return (job.id, job.status, size, log, job.stop_requested)
+
+
+def status_markdown(job: Job | None, what: str = "job") -> str:
+    if job is None:
+        return f"No {what} yet."
+    started = time.strftime("%H:%M:%S", time.localtime(job.started))
+    elapsed = (job.ended or time.time()) - job.started
+    head = f"**{job.status}** — {job.title or job.command} (job `{job.id}`, started {started}, {human_seconds(elapsed)})"
+    if job.running and job.stop_requested:
+        head += "\n\nStopping at the next step; the checkpoint is kept."
+    if job.status in ("failed", "failed (interrupted)"):
+        head += f"\n\n**Error:** {job.error()}\n\nThe last lines of the log are below."
+    elif job.status == "stopped":
+        said = last(job.events(), "stopped")
+        head += "\n\nStopped on request: " + (said.get("message", "") if said else job.note or "ended before finishing") + "."
+    if job.out and job.status == "done":
+        head += f"\n\nOutput: `{job.out}`"
+    return head
+
+
+def progress_markdown(job: Job | None) -> str:
+    """Step / epoch / ETA / examples per second of a training or quantize run, bytes for a download."""
+    if job is None:
+        return ""
+    events = job.events()
+    p = last(events, "progress")
+    if p is None:
+        note = last(events, "log")
+        return "Starting…" + (f" {note.get('message')}" if note else "") if job.running else ""
+    if p.get("stage") == "download" or "bytes" in p:
+        return download_progress(p)
+    parts = []
+    if p.get("total_steps"):
+        pct = 100 * p.get("step", 0) / max(1, p["total_steps"])
+        parts.append(f"step **{p.get('step')} / {p['total_steps']}** ({pct:.0f}%)")
+    elif "step" in p:
+        parts.append(f"step **{p['step']}**")
+    if p.get("epochs"):
+        parts.append(f"epoch {p.get('epoch')} / {p['epochs']}")
+    if p.get("loss") is not None:
+        parts.append(f"loss {float(p['loss']):.4f}")
+    if p.get("examples_per_s"):
+        parts.append(f"{float(p['examples_per_s']):.1f} examples/s")
+    if job.running and p.get("eta_s") is not None:
+        parts.append(f"ETA {human_seconds(p['eta_s'])}")
+    if p.get("stage") and p.get("stage") != "train":
+        parts.insert(0, f"{p['stage']}:")
+    if p.get("message"):
+        parts.append(str(p["message"]))
+    return " · ".join(parts)
+
+
+def download_progress(p: dict) -> str:
+    got, total = p.get("bytes"), p.get("total")
+    text = f"{human_bytes(got)}" + (f" of {human_bytes(total)} ({100 * got / total:.0f}%)" if total and got is not None else "")
+    if p.get("speed"):
+        text += f" · {human_bytes(p['speed'])}/s"
+    if p.get("eta") is not None:
+        text += f" · ETA {human_seconds(p['eta'])}"
+    if p.get("file"):
+        text += f" · {p['file']}"
+    return text
+
+
+def loss_frame(job: Job | None) -> pd.DataFrame:
+    """Long format for gr.LinePlot: one row per (step, series): the total loss and each of its terms."""
+    rows = []
+    for e in job.events() if job else []:
+        if e.get("type") != "progress" or "step" not in e:
+            continue
+        for key, value in e.items():
+            if key not in NOT_LOSSES and isinstance(value, (int, float)) and not isinstance(value, bool):
+                stage = e.get("stage")
+                series = f"{stage} {key}" if stage and stage != "train" else key  # e.g. the teacher's fine-tuning
+                rows.append({"step": int(e["step"]), "value": float(value), "series": series})
+    # typed even when empty: the plot decides quantitative vs nominal axes from the dtypes
+    return pd.DataFrame(rows, columns=LOSS_COLUMNS).astype({"step": "int64", "value": "float64", "series": "string"})
+
+
+def plot_value(frame: pd.DataFrame, column: str, drawn: tuple) -> tuple[pd.DataFrame | None, tuple | None]:
+    """(what to give the plot, the categories it then shows; None: draw again on the next tick).
+
+    Gradio's native plots keep the categories (colours, bars) of their first drawing: a category that
+    appears later (the student's loss terms after the teacher's fine-tuning, a second scheme) is not
+    shown. Clearing the plot once (None) makes it draw afresh with every category.
+    """
+    categories = tuple(sorted(set(frame[column]))) if len(frame) else ()
+    if not categories:
+        return None, ()
+    if drawn and categories != drawn:
+        return None, None
+    return frame, categories
+
+
+def eval_frame(job: Job | None) -> pd.DataFrame:
+    """One row per eval event (per epoch): its numeric metrics."""
+    rows = []
+    for e in job.events() if job else []:
+        if e.get("type") == "eval":
+            row = {k: v for k, v in e.items() if k not in ("type", "time") and isinstance(v, (int, float, str))}
+            rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    return pd.DataFrame(rows)
+
+
+def warnings_markdown(job: Job | None) -> str:
+    if job is None:
+        return ""
+    warnings = [e.get("message", "") for e in job.events() if e.get("type") == "warning"]
+    return "\n".join(f"- warning: {w}" for w in warnings[-5:])
+
+
+def jobs_frame(jobs: list[Job]) -> pd.DataFrame:
+    rows = []
+    for j in jobs:
+        elapsed = (j.ended or time.time()) - j.started
+        rows.append({
+            "job": j.id,
+            "what": j.title or j.command,
+            "status": j.status,
+            "device": j.slot or "",
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.started)),
+            "duration": human_seconds(elapsed),
+            "detail": (j.error() or "") if j.status.startswith("failed")
+            else progress_markdown(j).replace("**", "") if j.running else (j.out or ""),
+        })
+    return pd.DataFrame(rows, columns=["job", "what", "status", "device", "started", "duration", "detail"])
