@@ -83,3 +83,21 @@ def _isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("QTINKER_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("QTINKER_OUTPUTS_DIR", str(tmp_path / "outputs"))
     monkeypatch.setenv("QTINKER_CACHE_DIR", str(tmp_path / "cache"))
+
+
+# Size of the MiniLM fine-tune shared by the slow tests: a few minutes on 2 CPU cores.
+MINILM_TRAIN_EXAMPLES, MINILM_MAX_LENGTH = 1500, 64
+
+
+@pytest.fixture(scope="session")
+def minilm_classifier(minilm_dir, tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 fine-tuned once per session on the bundled train set (first 1500 rows, 3 epochs,
+    max length 64) through qtinker.distill.fine_tune_teacher: a 6-way classifier folder."""
+    from qtinker.data import load_labelled, sample_dataset_path
+    from qtinker.distill import fine_tune_teacher
+
+    data = load_labelled(sample_dataset_path())
+    data = data.subset(list(range(min(MINILM_TRAIN_EXAMPLES, len(data)))))
+    out = tmp_path_factory.mktemp("minilm_classifier") / "minilm-kjv"
+    return fine_tune_teacher(str(minilm_dir), data, out, epochs=3, lr=2e-4, batch_size=32,
+                             max_length=MINILM_MAX_LENGTH, seed=0)

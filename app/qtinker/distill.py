@@ -1,0 +1,903 @@
+"""Distill a teacher into a smaller student: logit, patient (PKD) or feature (TinyBERT-style) KD.
+
+`distill(config)` reads top to bottom:
+  data -> teacher (fine-tuned first if it has no head for the task) -> student -> layer map
+  -> teacher outputs cached once -> optimizer -> loop (one branch per method) -> eval each
+  epoch -> best student saved as a Hugging Face folder with metrics.json, run_config.json, README.md.
+
+Without labelled data (`--unlabeled` only) it runs task-agnostic MLM distillation: the student
+matches the teacher's masked-token predictions (KL over masked positions only) and is saved
+as a MaskedLM folder. With both, the extra text is labelled by the teacher (soft targets only).
+
+Loss (classification):  alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE(student, labels)
+  + patient: beta · PKD normalised [CLS] MSE over the mapped layers
+  + feature: hidden_weight · Σ hidden MSE (through a trained projection when widths differ)
+             + attention_weight · Σ pre-softmax attention-score MSE (equal head counts)
+             + embedding_weight · embedding-output MSE
+The weights are applied once, in `compute_loss`.
+
+Seams for a multi-process (torchrun) run: the example order of an epoch comes only from
+`batch_order`, and every write goes through `is_main_process()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from qtinker import paths
+from qtinker.config import add_arguments, from_args, load_config, option, save_config
+from qtinker.errors import QTinkerError
+from qtinker.events import Events
+from qtinker.layers import (INIT_STRATEGIES, LAYER_MAPS, AttentionScores, HiddenProjection, LayerMatch, custom_map,
+                            describe_map, last_map, pkd_map, qk_scores, uniform_map)
+from qtinker import losses
+from qtinker import students as st
+
+METHODS = ("logit", "patient", "feature")
+
+# Tests set this to a function(step) that raises (e.g. torch.OutOfMemoryError) to exercise recovery.
+FAULT_HOOK: Callable[[int], None] | None = None
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = option("", "Teacher: a model folder, a name under bert_models/ or outputs/, or a Hub id. "
+                              "Without a head for the task it is fine-tuned first (and kept for reuse).")
+    data: str = option("", "Labelled training data (CSV/TSV/JSONL with text and label columns). Leave empty and "
+                           "give --unlabeled for task-agnostic MLM distillation.")
+    out: str = option("", "Output folder: a Hugging Face model folder plus metrics.json, run_config.json, README.md.")
+    eval_data: str = option("", "Labelled evaluation data; empty: hold out --holdout of the training data.")
+    unlabeled: str = option("", "Unlabelled text (TXT one per line, or a text column). With --data: extra examples the "
+                                "teacher labels (soft targets only). Alone: MLM distillation.")
+    student: str = option("", "Student model folder / name / Hub id. Its vocabulary must equal the teacher's.")
+    student_from_teacher: int = option(0, "Build the student from N of the teacher's layers (chosen by --student-init, "
+                                          "or --student-layers).")
+    student_layers: list[int] = option([], "Explicit teacher layers (0-indexed) for --student-from-teacher, e.g. 0,5.")
+    student_init: str = option("distilbert", "Which teacher layers a --student-from-teacher student keeps: distilbert "
+                                             "(spread, first and last kept: 12->6 = 0,2,4,7,9,11), uniform (last of each "
+                                             "block: 1,3,5,7,9,11), first (bottom layers, PKD).", choices=INIT_STRATEGIES)
+    student_config: list[int] = option([], "A fresh random student: LAYERS,HIDDEN,HEADS[,INTERMEDIATE] with the "
+                                           "teacher's vocabulary, e.g. 4,256,4.")
+    method: str = option("logit", "logit: soft targets (+ hard labels); patient: + PKD [CLS] loss of mapped layers; "
+                                  "feature: + TinyBERT hidden/attention/embedding losses.", choices=METHODS)
+    layer_map: str = option("auto", "Which teacher layer teaches which student layer. auto: pkd-skip for patient, "
+                                    "uniform for feature. pkd-skip / pkd-last (PKD), uniform (TinyBERT), last (MiniLM).",
+                            choices=LAYER_MAPS)
+    teacher_layers: list[int] = option([], "Custom map: teacher layer (1-indexed; 0 = embeddings) for each student layer "
+                                           "1..M, or M+1 entries starting with the embeddings. Overrides --layer-map.")
+    temperature: float = option(2.0, "Softmax temperature T of the KD loss; the KL term is multiplied by T² (Hinton), "
+                                     "so values are not comparable with TextBrewer/TinyBERT (no T²). DistilBERT: 2.")
+    alpha: float = option(0.5, "kd_weight: weight of the soft (teacher) loss; the hard-label loss gets "
+                               "hard_label_weight = 1 − alpha (PKD's convention; torchdistill's is the opposite). "
+                               "Examples without a label (augmentation) get the soft loss only.")
+    beta: float = option(500.0, "patient_weight: weight of PKD's normalised [CLS] MSE (a mean over the width, "
+                                "as in PKD: 500 is its predefined run, its grid 100-1000).")
+    hidden_weight: float = option(1.0, "feature: weight of the hidden-state MSE (summed over mapped layers).")
+    attention_weight: float = option(1.0, "feature: weight of the pre-softmax attention-score MSE (needs equal head "
+                                          "counts; skipped with a warning otherwise).")
+    embedding_weight: float = option(1.0, "feature: weight of the embedding-output MSE (student 0 <- teacher 0).")
+    epochs: int = option(3, "Training epochs over the data.")
+    batch_size: int = option(32, "Examples per batch (the effective batch is batch_size × grad_accum).")
+    grad_accum: int = option(1, "Batches whose gradients are added before each optimizer step.")
+    lr: float = option(1e-4, "Peak AdamW learning rate (warmup then linear decay).")
+    warmup_ratio: float = option(0.1, "Fraction of steps with a linearly rising learning rate.")
+    weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases and LayerNorm).")
+    max_length: int = option(128, "Tokens per example (longer ones are truncated).")
+    device: str = option("auto", "auto (CUDA, then Apple MPS, else CPU), cpu, cuda, cuda:N or mps.")
+    precision: str = option("auto", "auto: bf16 autocast on CUDA with bf16 support (else fp16), fp32 elsewhere.",
+                            choices=("auto", "fp32", "bf16", "fp16"))
+    seed: int = option(42, "Random seed (student init, data order, dropout); same seed, same result.")
+    teacher_epochs: int = option(3, "Epochs of fine-tuning for a teacher without a task head.")
+    teacher_lr: float = option(5e-5, "Learning rate of that fine-tuning.")
+    holdout: float = option(0.1, "Fraction of --data held out for evaluation when there is no --eval-data.")
+    text_column: str = option("", "Text column of the data files (auto-detected when empty).")
+    text_pair_column: str = option("", "Second text column for sentence pairs (auto-detected when empty).")
+    label_column: str = option("", "Label column (auto-detected when empty).")
+    task: str = option("", "classification or regression (auto-detected when empty).",
+                       choices=("", "classification", "regression"))
+    mlm_probability: float = option(0.15, "MLM distillation: fraction of tokens masked (of those: 8 in 10 become "
+                                          "[MASK], 1 a random token, 1 stays).")
+    cache_teacher: bool = option(True, "Compute the teacher's outputs once and reuse them every epoch.")
+    cache_max_mb: int = option(2048, "Memory for cached teacher hidden states / attention inputs; above it they are "
+                                     "recomputed each step (logits are always cached).")
+    length_bucketing: bool = option(True, "Batch examples of similar length together (less padding).")
+    early_stopping: int = option(0, "Stop after this many epochs without improvement (0: off).")
+    checkpoint_every: int = option(0, "Also checkpoint every N optimizer steps (0: only each epoch and on stop).")
+    resume: bool = option(False, "Continue an interrupted run of the same --out from its last checkpoint.")
+    overwrite: bool = option(False, "Replace an existing --out folder.")
+    max_train_examples: int = option(0, "Use only the first N training examples (0: all).")
+
+
+# ================================================================ the run
+def distill(config: DistillConfig, events: Events | None = None) -> dict:
+    """Run one distillation; returns the metrics written to OUT/metrics.json ({"status": "stopped"} if stopped)."""
+    events = events or Events(echo=False)
+    check_config(config)
+    device, amp_dtype = pick_device(config.device, config.precision)
+    out = Path(config.out).expanduser().resolve()
+    work = out.with_name(out.name + ".partial")
+    checkpoint = work / "checkpoint" / "state.pt"
+    prepare_output(out, work, checkpoint, config)
+    events.emit("start", command="distill", method=config.method, out=str(out), device=device)
+
+    # ---- data
+    from qtinker.data import check_eval_labels, load_labelled, load_unlabelled, split_holdout
+
+    mlm = not config.data
+    unlabelled = load_unlabelled(config.unlabeled) if config.unlabeled else []
+    if mlm:
+        n_eval = max(1, min(500, len(unlabelled) // 20))
+        train, eval_texts = unlabelled[n_eval:], unlabelled[:n_eval]
+        task, label_names = "mlm", []
+        if len(train) < 2:
+            raise QTinkerError(f"{config.unlabeled}: {len(unlabelled)} lines; MLM distillation needs at least 20")
+    else:
+        kw = dict(text_column=config.text_column or None, text_pair_column=config.text_pair_column or None,
+                  label_column=config.label_column or None, task=config.task or None)
+        train = load_labelled(config.data, **kw)
+        if config.eval_data:
+            eval_data = check_eval_labels(train, load_labelled(config.eval_data, **kw))
+        else:
+            train, eval_data = split_holdout(train, config.holdout, config.seed)
+        if config.max_train_examples:
+            train = train.subset(list(range(min(config.max_train_examples, len(train)))))
+        task, label_names = train.task, train.label_names
+    num_labels = len(label_names) or 1
+
+    # ---- teacher (frozen, inference mode); fine-tuned first when it has no head for the task
+    teacher_path = st.resolve_model(config.teacher, "teacher")
+    config = fit_max_length(config, st.load_config(teacher_path), "teacher", events)
+    tokenizer = st.load_tokenizer(teacher_path, "teacher")
+    if mlm:
+        teacher = st.load_masked_lm(teacher_path, "teacher")
+    else:
+        teacher_names = head_label_names(st.load_config(teacher_path), label_names)
+        if teacher_names is not None and teacher_names != label_names:  # same labels, another order: follow the head
+            train, eval_data = reorder_labels(train, teacher_names), reorder_labels(eval_data, teacher_names)
+            label_names = teacher_names
+        if teacher_names is None:
+            teacher_path = str(fine_tune_teacher(teacher_path, train, epochs=config.teacher_epochs, lr=config.teacher_lr,
+                                                 batch_size=config.batch_size, max_length=config.max_length,
+                                                 device=device, seed=config.seed, events=events))
+        teacher = st.load_classifier(teacher_path, num_labels, label_names, "teacher")
+    teacher.to(device).eval().requires_grad_(False)
+
+    # ---- student
+    torch.manual_seed(config.seed)
+    student, student_desc = build_student(config, teacher, tokenizer, mlm, num_labels, label_names)
+    config = fit_max_length(config, student.config, "student", events)
+    student.to(device).train()
+    n_teacher, n_student = teacher.config.num_hidden_layers, student.config.num_hidden_layers
+    events.log(f"teacher: {n_teacher} layers, {st.count_parameters(teacher):,} parameters; "
+               f"student ({student_desc}): {n_student} layers, {st.count_parameters(student):,} parameters")
+
+    # ---- layer map and projection (trained with the student, dropped before export)
+    matches = layer_matches(config, n_teacher, n_student)
+    if any(m.kind == "attention" for m in matches) and teacher.config.num_attention_heads != student.config.num_attention_heads:
+        events.emit("warning", message=f"attention loss skipped: teacher has {teacher.config.num_attention_heads} heads, "
+                                       f"student {student.config.num_attention_heads}; per-head scores need equal counts")
+        matches = [m for m in matches if m.kind != "attention"]
+    events.log(f"layer map ({config.method}): {describe_map(matches)}")
+    projection = HiddenProjection(student.config.hidden_size, teacher.config.hidden_size).to(device)
+    teacher_scores = AttentionScores(teacher, sorted({m.teacher for m in matches if m.kind == "attention"}))
+    student_scores = AttentionScores(student, sorted({m.student for m in matches if m.kind == "attention"}))
+
+    # ---- tokenize once; the teacher labels everything once (soft targets for the unlabelled extra text)
+    if mlm:
+        examples = encode(tokenizer, train, None, config.max_length)
+        labels: list = [-100] * len(train)
+    else:
+        extra = unlabelled if config.unlabeled else []
+        examples = encode(tokenizer, train.texts + extra,
+                          (train.text_pairs + [""] * len(extra)) if train.text_pairs is not None else None, config.max_length)
+        labels = list(train.labels) + [float("nan") if task == "regression" else -100] * len(extra)
+        if extra:
+            events.log(f"augmentation: {len(extra)} unlabelled examples get the teacher's soft targets")
+    cache_start = time.perf_counter()
+    cache = None if mlm else TeacherCache.build(teacher, examples, tokenizer.pad_token_id, matches, teacher_scores,
+                                                config, device, amp_dtype, events)
+    cache_seconds = time.perf_counter() - cache_start
+
+    # ---- teacher reference on the eval data
+    if mlm:
+        teacher_eval = evaluate_mlm(teacher, None, tokenizer, eval_texts, config, device)
+    else:
+        teacher_eval = evaluate(teacher, tokenizer, eval_data, config, device)
+    events.emit("eval", epoch=0, model="teacher", **public(teacher_eval))
+
+    # ---- optimizer: the student AND the projection (a projection left out would never learn)
+    trainable = list(student.named_parameters()) + [("projection." + n, p) for n, p in projection.named_parameters()]
+    no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n  # noqa: E731
+    optimizer = torch.optim.AdamW([{"params": [p for n, p in trainable if not no_decay(n)], "weight_decay": config.weight_decay},
+                                   {"params": [p for n, p in trainable if no_decay(n)], "weight_decay": 0.0}], lr=config.lr)
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = int(total_steps * config.warmup_ratio)
+    scheduler = linear_schedule(optimizer, warmup, total_steps)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=amp_dtype == torch.float16)
+
+    # ---- resume
+    state = dict(epoch=0, step_in_epoch=0, global_step=0, splits=1, best=None, best_epoch=0, stale=0, history=[],
+                 train_seconds=0.0, train_examples=0)
+    if config.resume and checkpoint.exists():
+        state = load_checkpoint(checkpoint, student, projection, optimizer, scheduler, scaler)
+        events.log(f"resumed from {checkpoint}: epoch {state['epoch'] + 1}, step {state['global_step']}/{total_steps}")
+
+    # ---- loop
+    stopped = False
+    last_emit = 0.0
+    for epoch in range(state["epoch"], config.epochs):
+        lengths = [len(e["input_ids"]) for e in examples]
+        order = batch_order(lengths, config.batch_size, config.seed, epoch, config.length_bucketing)
+        groups = [order[i:i + config.grad_accum] for i in range(0, len(order), config.grad_accum)]
+        for step_in_epoch in range(state["step_in_epoch"], len(groups)):
+            if events.stop_requested():
+                stopped = True
+                break
+            t0 = time.perf_counter()
+            group = groups[step_in_epoch]
+            n_group = sum(len(b) for b in group)
+            while True:  # CUDA out of memory: halve the micro-batch, keep the effective batch
+                try:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_sum, parts = 0.0, {}
+                    for batch_ids in group:
+                        for micro_index, micro in enumerate(split_ids(batch_ids, state["splits"])):
+                            if FAULT_HOOK is not None:
+                                FAULT_HOOK(state["global_step"])
+                            batch = collate(examples, labels, micro, tokenizer.pad_token_id, config, device)
+                            if mlm:
+                                batch = mask_batch(batch, tokenizer, config.mlm_probability,
+                                                   config.seed * 1_000_003 + state["global_step"] * 64 + micro_index)
+                            with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                                loss, micro_parts = compute_loss(config, task, student, teacher, projection, matches,
+                                                                 student_scores, teacher_scores, cache, batch, micro)
+                            weight = len(micro) / n_group
+                            scaler.scale(loss * weight).backward()
+                            loss_sum += loss.detach() * weight
+                            for k, v in micro_parts.items():
+                                parts[k] = parts.get(k, 0.0) + v.detach() * weight
+                    break
+                except torch.OutOfMemoryError:
+                    optimizer.zero_grad(set_to_none=True)
+                    if device.startswith("cuda"):
+                        torch.cuda.empty_cache()
+                    if state["splits"] * 2 > config.batch_size:
+                        raise QTinkerError(f"batch_size: out of memory even one example at a time on {device}; "
+                                           "lower --max-length or use a smaller student")
+                    state["splits"] *= 2
+                    events.emit("warning", message=f"out of memory on {device}: micro-batch halved to "
+                                                   f"{math.ceil(config.batch_size / state['splits'])} examples, gradients "
+                                                   f"accumulated to keep the effective batch of {config.batch_size * config.grad_accum}")
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            state["global_step"] += 1
+            state["step_in_epoch"] = step_in_epoch + 1
+            state["train_seconds"] += time.perf_counter() - t0
+            state["train_examples"] += n_group
+            now = time.time()
+            if now - last_emit > 2 or state["global_step"] in (1, total_steps):  # .item() syncs the GPU: only here
+                last_emit = now
+                speed = state["train_examples"] / max(state["train_seconds"], 1e-9)
+                events.emit("progress", step=state["global_step"], total_steps=total_steps, epoch=epoch + 1,
+                            epochs=config.epochs, loss=round(float(loss_sum), 5),
+                            **{k: round(float(v), 5) for k, v in parts.items()}, examples_per_s=round(speed, 1),
+                            eta_s=round((total_steps - state["global_step"]) * state["train_seconds"] / state["global_step"], 1))
+            if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0 and is_main_process():
+                save_checkpoint(checkpoint, state, student, projection, optimizer, scheduler, scaler)
+        if stopped:
+            break
+        # ---- end of epoch: evaluate, keep the best student, maybe stop early
+        if mlm:
+            result = evaluate_mlm(student, teacher, tokenizer, eval_texts, config, device)
+        else:
+            result = evaluate(student, tokenizer, eval_data, config, device, teacher_eval["predictions"])
+        score = primary_score(task, result)
+        state["history"].append({"epoch": epoch + 1, **public(result)})
+        events.emit("eval", epoch=epoch + 1, model="student", **public(result))
+        if state["best"] is None or score > state["best"]:
+            state.update(best=score, best_epoch=epoch + 1, stale=0)
+            if is_main_process():
+                save_model_folder(work / "best", student, tokenizer)
+        else:
+            state["stale"] += 1
+        state.update(epoch=epoch + 1, step_in_epoch=0)
+        if is_main_process():
+            save_checkpoint(checkpoint, state, student, projection, optimizer, scheduler, scaler)
+        if config.early_stopping and state["stale"] >= config.early_stopping:
+            events.log(f"early stopping: no improvement for {state['stale']} epochs")
+            break
+    teacher_scores.remove()
+    student_scores.remove()
+
+    if stopped:
+        if is_main_process():
+            save_checkpoint(checkpoint, state, student, projection, optimizer, scheduler, scaler)
+        result = {"status": "stopped", "checkpoint": str(checkpoint), "step": state["global_step"],
+                  "total_steps": total_steps}
+        events.emit("stopped", message=f"stopped at step {state['global_step']}/{total_steps}; "
+                                       f"continue with --resume --out {out}", **result)
+        return result
+
+    # ---- save the best student (projection dropped), metrics, config and model card
+    best_model = (st.load_masked_lm(str(work / "best"), "student") if mlm
+                  else st.load_classifier(str(work / "best"), num_labels, label_names, "student"))
+    best_eval = state["history"][state["best_epoch"] - 1]
+    total_seconds = state["train_seconds"] + cache_seconds
+    metrics = {
+        "status": "done", "task": task, "method": config.method, "teacher": config.teacher, "teacher_path": teacher_path,
+        "student": student_desc, "teacher_layers": n_teacher, "student_layers": n_student,
+        "teacher_parameters": st.count_parameters(teacher), "student_parameters": st.count_parameters(best_model),
+        "teacher_metrics": public(teacher_eval), "student_metrics": best_eval, "best_epoch": state["best_epoch"],
+        "retention": retention(task, teacher_eval, best_eval), "agreement": best_eval.get("agreement"),
+        "train_examples_per_s": round(state["train_examples"] / max(total_seconds, 1e-9), 2),
+        "teacher_cache_seconds": round(cache_seconds, 2), "train_seconds": round(state["train_seconds"], 2),
+        "train_examples": len(examples), "epochs_run": len(state["history"]), "history": state["history"],
+        "layer_map": describe_map(matches), "device": device, "oom_splits": state["splits"],
+        "hyperparameters": {"temperature": config.temperature, "t_squared": True, "kd_weight": config.alpha,
+                            "hard_label_weight": round(1 - config.alpha, 6), "patient_weight": config.beta,
+                            "hidden_weight": config.hidden_weight, "attention_weight": config.attention_weight,
+                            "embedding_weight": config.embedding_weight, "lr": config.lr, "epochs": config.epochs,
+                            "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+                            "max_length": config.max_length, "seed": config.seed},
+    }
+    for key in ("accuracy", "macro_f1", "mse", "pearson", "mlm_accuracy"):
+        if key in teacher_eval:
+            metrics[f"teacher_{key}"], metrics[f"student_{key}"] = teacher_eval[key], best_eval.get(key)
+    if is_main_process():
+        shutil.rmtree(work / "checkpoint", ignore_errors=True)
+        shutil.rmtree(work / "best", ignore_errors=True)
+        save_model_folder(work, best_model, tokenizer)
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        save_config(config, work / "run_config.json")
+        from qtinker.modelcard import write_distill_card
+
+        write_distill_card(work, metrics, config)
+        publish(work, out, config.overwrite)
+    events.emit("done", result={k: v for k, v in metrics.items() if k != "history"})
+    return metrics
+
+
+# ================================================================ pieces of the run
+def check_config(c: DistillConfig) -> None:
+    if not c.teacher:
+        raise QTinkerError("--teacher: missing; give a model folder, a downloaded model name or a Hub id")
+    if not c.out:
+        raise QTinkerError("--out: missing; give the folder the distilled model is written to")
+    if not c.data and not c.unlabeled:
+        raise QTinkerError("--data: missing; give labelled data (CSV/TSV/JSONL), or --unlabeled text for MLM distillation")
+    chosen = [n for n, v in (("--student", c.student), ("--student-from-teacher", c.student_from_teacher),
+                             ("--student-config", c.student_config)) if v]
+    if len(chosen) != 1:
+        raise QTinkerError(f"student: {'both ' + ' and '.join(chosen) if chosen else 'none'} given; choose exactly one of "
+                           "--student NAME, --student-from-teacher N, --student-config L,H,A")
+    if c.student_config and len(c.student_config) not in (3, 4):
+        raise QTinkerError(f"--student-config: {c.student_config}; give LAYERS,HIDDEN,HEADS[,INTERMEDIATE], e.g. 4,256,4")
+    if c.student_layers and c.student_from_teacher and len(c.student_layers) != c.student_from_teacher:
+        raise QTinkerError(f"--student-layers: {len(c.student_layers)} layers listed but --student-from-teacher is "
+                           f"{c.student_from_teacher}; make them agree")
+    for name, low, high in (("temperature", 1e-3, 1e3), ("alpha", 0.0, 1.0), ("beta", 0.0, 1e6), ("lr", 1e-8, 1.0),
+                            ("holdout", 0.0, 0.9), ("mlm_probability", 0.01, 0.9), ("warmup_ratio", 0.0, 0.9)):
+        value = getattr(c, name)
+        if not low <= value <= high:
+            raise QTinkerError(f"--{name.replace('_', '-')}: {value} is outside {low}-{high}")
+    for name in ("epochs", "batch_size", "grad_accum", "max_length"):
+        if getattr(c, name) < 1:
+            raise QTinkerError(f"--{name.replace('_', '-')}: {getattr(c, name)}; use 1 or more")
+
+
+def pick_device(device: str, precision: str) -> tuple[str, torch.dtype | None]:
+    """(device, autocast dtype or None): CUDA, then Apple MPS, else CPU; bf16/fp16 autocast only on GPUs."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise QTinkerError(f"--device {device}: no CUDA GPU is visible here; use --device cpu or auto")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise QTinkerError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.startswith("cuda") else "fp32"
+    if precision != "fp32" and device == "cpu":
+        raise QTinkerError(f"--precision {precision}: mixed precision needs a GPU; use fp32 on CPU")
+    return device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def is_main_process() -> bool:
+    """The one process that writes (the seam for a torchrun run: rank 0 only)."""
+    return True
+
+
+def prepare_output(out: Path, work: Path, checkpoint: Path, c: DistillConfig) -> None:
+    """Results are built in OUT.partial and moved into place at the end; never overwrite silently."""
+    if out.exists() and not c.overwrite:
+        raise QTinkerError(f"--out: {out} already exists; choose another --out or pass --overwrite")
+    if c.resume and not checkpoint.exists():
+        raise QTinkerError(f"--resume: {work} holds no checkpoint to continue; run without --resume")
+    if work.exists() and not c.resume:
+        if checkpoint.exists():
+            raise QTinkerError(f"--out: {work} holds an interrupted run; continue it with --resume or delete that folder")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+
+
+def publish(work: Path, out: Path, overwrite: bool) -> None:
+    if out.exists() and overwrite:
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        shutil.rmtree(old)
+    os.replace(work, out)
+
+
+def build_student(c: DistillConfig, teacher, tokenizer, mlm: bool, num_labels: int, label_names: list[str]):
+    """(student, description) from --student, --student-from-teacher or --student-config."""
+    n_teacher = teacher.config.num_hidden_layers
+    if c.student_from_teacher or c.student_layers:
+        n = c.student_from_teacher or len(c.student_layers)
+        keep = st.init_layers_for(n_teacher, n, c.student_init, c.student_layers)
+        return st.student_from_teacher(teacher, keep), f"teacher layers {keep} ({c.student_init if not c.student_layers else 'explicit'})"
+    if c.student_config:
+        layers, hidden, heads, *rest = c.student_config
+        return st.student_from_config(teacher, layers, hidden, heads, rest[0] if rest else None), \
+            f"fresh {layers}x{hidden}, {heads} heads"
+    path = st.resolve_model(c.student, "student")
+    st.check_same_vocab(tokenizer, st.load_tokenizer(path, "student"), c.student)
+    model = st.load_masked_lm(path, "student") if mlm else st.load_classifier(path, num_labels, label_names, "student")
+    return model, c.student
+
+
+def head_label_names(config, label_names: list[str]) -> list[str] | None:
+    """The teacher head's label order if it has a head for exactly these labels, else None (fine-tune one).
+
+    A head with generic names (LABEL_0, ...) of the right size is taken in the data's order."""
+    if not st.has_task_head(config, len(label_names) or 1):
+        return None
+    if not label_names:
+        return []
+    names = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    if names == [f"LABEL_{i}" for i in range(len(names))]:
+        return list(label_names)
+    return names if sorted(names) == sorted(label_names) else None
+
+
+def reorder_labels(data, names: list[str]):
+    """The same examples with label indices into `names`."""
+    index = {n: i for i, n in enumerate(names)}
+    return dataclasses.replace(data, labels=[index[data.label_names[y]] for y in data.labels], label_names=list(names))
+
+
+def layer_matches(c: DistillConfig, n_teacher: int, n_student: int) -> list[LayerMatch]:
+    """The typed layer map of the method (none for logit KD)."""
+    if c.method == "logit":
+        return []
+    if c.teacher_layers:
+        if c.method == "patient":
+            return custom_map(c.teacher_layers, n_teacher, n_student, "cls")
+        return custom_map(c.teacher_layers, n_teacher, n_student, "hidden") + \
+            custom_map([t for t in c.teacher_layers[-n_student:]], n_teacher, n_student, "attention")
+    name = c.layer_map if c.layer_map != "auto" else ("pkd-skip" if c.method == "patient" else "uniform")
+    if c.method == "patient":
+        if name in ("pkd-skip", "pkd-last"):
+            return pkd_map(n_teacher, n_student, name.split("-")[1])
+        teachers = [m.teacher for m in uniform_map(n_teacher, n_student, False) if m.student not in (0, n_student)]
+        if name == "last":
+            teachers = list(range(n_teacher - n_student + 1, n_teacher))
+        return [LayerMatch(t, s, "cls") for s, t in enumerate(teachers, 1)]
+    if name == "uniform":
+        return uniform_map(n_teacher, n_student)
+    if name == "last":
+        return last_map(n_teacher, n_student)
+    pkd = pkd_map(n_teacher, n_student, name.split("-")[1])  # pkd maps for feature KD: hidden states of those layers
+    return [LayerMatch(m.teacher, m.student, "hidden") for m in pkd] + [LayerMatch(n_teacher, n_student, "hidden")]
+
+
+def linear_schedule(optimizer, warmup: int, total: int):
+    """Linear warmup to the peak learning rate over `warmup` steps, then linear decay to 0 at `total`."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def fit_max_length(config: DistillConfig, model_config, role: str, events: Events) -> DistillConfig:
+    """Cap --max-length at what the model can read (its position embeddings), and say so."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if not limit or config.max_length <= limit:
+        return config
+    events.emit("warning", message=f"max_length {config.max_length} is more than the {role} reads "
+                                   f"({limit} positions); using {limit}")
+    return dataclasses.replace(config, max_length=limit)
+
+
+def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> list[dict]:
+    """Token ids per example, unpadded (padding happens per batch)."""
+    args = [texts] + ([pairs] if pairs is not None else [])
+    enc = tokenizer(*args, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
+    return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+
+
+def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, bucketing: bool) -> list[list[int]]:
+    """The batches of one epoch, a pure function of (seed, epoch): resuming recomputes the same order.
+
+    Bucketing sorts each window of 50 batches by length (little padding), then shuffles the batches.
+    This is the one place a distributed run would shard the order by rank.
+    """
+    rng = random.Random(seed * 100_003 + epoch)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    if bucketing:
+        window = batch_size * 50
+        idx = [i for w in range(0, len(idx), window) for i in sorted(idx[w:w + window], key=lengths.__getitem__)]
+    batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    if bucketing:
+        rng.shuffle(batches)
+    return batches
+
+
+def split_ids(ids: list[int], parts: int) -> list[list[int]]:
+    size = math.ceil(len(ids) / parts)
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def collate(examples: list[dict], labels: list, ids: list[int], pad_id: int, c: DistillConfig, device: str) -> dict:
+    """Pad a batch to its longest example (or to max_length when bucketing is off: the naive baseline)."""
+    width = max(len(examples[i]["input_ids"]) for i in ids) if c.length_bucketing else c.max_length
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    types = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, i in enumerate(ids):
+        n = len(examples[i]["input_ids"])
+        input_ids[row, :n] = torch.tensor(examples[i]["input_ids"])
+        mask[row, :n] = 1
+        if "token_type_ids" in examples[i]:
+            types[row, :n] = torch.tensor(examples[i]["token_type_ids"])
+    batch = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
+    is_float = any(isinstance(labels[i], float) for i in ids)
+    batch["labels"] = torch.tensor([labels[i] for i in ids], dtype=torch.float32 if is_float else torch.long)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def mask_batch(batch: dict, tokenizer, probability: float, seed: int) -> dict:
+    """BERT masking (80% [MASK], 10% random, 10% kept) drawn from a generator seeded by `seed`
+    (not the global RNG, so a resumed run masks the same tokens). labels: the original id at
+    masked positions, -100 elsewhere."""
+    input_ids = batch["input_ids"].cpu()
+    g = torch.Generator().manual_seed(seed)
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    candidates = batch["attention_mask"].cpu().bool() & ~torch.isin(input_ids, special)
+    chosen = (torch.rand(input_ids.shape, generator=g) < probability) & candidates
+    roll = torch.rand(input_ids.shape, generator=g)
+    random_ids = torch.randint(len(tokenizer), input_ids.shape, generator=g)
+    masked = input_ids.clone()
+    masked[chosen & (roll < 0.8)] = tokenizer.mask_token_id
+    swap = chosen & (roll >= 0.8) & (roll < 0.9)
+    masked[swap] = random_ids[swap]
+    device = batch["input_ids"].device
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    return {**batch, "input_ids": masked.to(device), "labels": labels.to(device)}
+
+
+# ---------------------------------------------------------------- teacher outputs, cached once
+class TeacherCache:
+    """The teacher's outputs per training example, computed once: logits always; [CLS] vectors of the
+    mapped layers (patient); hidden states and Q/K of the mapped layers (feature) when they fit in
+    cache_max_mb (stored unpadded in fp16), else those are recomputed each step."""
+
+    def __init__(self, logits, cls, hidden, qk):
+        self.logits, self.cls, self.hidden, self.qk = logits, cls, hidden, qk
+
+    @classmethod
+    def build(cls, teacher, examples, pad_id, matches, recorder, c: DistillConfig, device, amp_dtype, events) -> "TeacherCache | None":
+        if not c.cache_teacher:
+            return None
+        hidden_layers = sorted({m.teacher for m in matches if m.kind == "hidden"})
+        att_layers = sorted({m.teacher for m in matches if m.kind == "attention"})
+        cls_layers = sorted({m.teacher for m in matches if m.kind == "cls"})
+        tokens = sum(len(e["input_ids"]) for e in examples)
+        mb = tokens * teacher.config.hidden_size * (len(hidden_layers) + 2 * len(att_layers)) * 2 / 2**20
+        features = mb <= c.cache_max_mb
+        if not features:
+            events.emit("warning", message=f"teacher features need {mb:.0f} MB (> --cache-max-mb {c.cache_max_mb}); "
+                                           "recomputing them each step (logits stay cached)")
+        n = len(examples)
+        logits = [None] * n
+        cls_vecs = [None] * n
+        hidden = {t: [None] * n for t in hidden_layers} if features else None
+        qk = {t: ([None] * n, [None] * n) for t in att_layers} if features else None
+        order = sorted(range(n), key=lambda i: len(examples[i]["input_ids"]))
+        labels = [0] * n
+        with torch.inference_mode():
+            for start in range(0, n, 64):
+                ids = order[start:start + 64]
+                batch = collate(examples, labels, ids, pad_id, dataclasses.replace(c, length_bucketing=True), device)
+                with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  token_type_ids=batch["token_type_ids"], output_hidden_states=bool(hidden_layers or cls_layers))
+                for row, i in enumerate(ids):
+                    length = len(examples[i]["input_ids"])
+                    logits[i] = out.logits[row].float().cpu()
+                    if cls_layers:
+                        cls_vecs[i] = torch.stack([out.hidden_states[t][row, 0].float().cpu() for t in cls_layers])
+                    if features:
+                        for t in hidden_layers:
+                            hidden[t][i] = out.hidden_states[t][row, :length].half().cpu()
+                        for t in att_layers:
+                            q, k = recorder.qk(t)
+                            qk[t][0][i], qk[t][1][i] = q[row, :length].half().cpu(), k[row, :length].half().cpu()
+        events.log(f"teacher outputs cached for {n} examples" + (f" (+ features, {mb:.0f} MB)" if features and mb else ""))
+        return cls(torch.stack(logits), dict(zip(cls_layers, torch.stack(cls_vecs).unbind(1))) if cls_layers else {},
+                   hidden, qk)
+
+    def has_features(self) -> bool:
+        return self.hidden is not None
+
+    def padded(self, per_example: list[torch.Tensor], ids: list[int], width: int, device) -> torch.Tensor:
+        x = torch.zeros((len(ids), width, per_example[ids[0]].shape[-1]), dtype=torch.float32)
+        for row, i in enumerate(ids):
+            x[row, :per_example[i].shape[0]] = per_example[i].float()
+        return x.to(device)
+
+
+def teacher_targets(teacher, teacher_scores, cache: TeacherCache | None, batch: dict, ids: list[int],
+                    matches: list[LayerMatch]) -> dict:
+    """logits [B, C] (or [B, S, V]), cls {layer: [B, D]}, hidden {layer: [B, S, D]}, scores {layer: [B, H, S, S]}."""
+    width = batch["input_ids"].shape[1]
+    heads = teacher.config.num_attention_heads
+    needs_features = any(m.kind in ("hidden", "attention") for m in matches)
+    if cache is not None and (cache.has_features() or not needs_features):
+        device = batch["input_ids"].device
+        scores = {}
+        for t, (qs, ks) in (cache.qk or {}).items():
+            scores[t] = qk_scores(cache.padded(qs, ids, width, device), cache.padded(ks, ids, width, device), heads)
+        return {"logits": cache.logits[ids].to(device),
+                "cls": {t: v[ids].to(device) for t, v in cache.cls.items()},
+                "hidden": {t: cache.padded(v, ids, width, device) for t, v in (cache.hidden or {}).items()},
+                "scores": scores}
+    # The teacher runs live: no cache, MLM (random masks), or features too big to cache. no_grad rather
+    # than inference_mode: inference tensors could not be used as loss targets without a copy.
+    with torch.no_grad():
+        out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      token_type_ids=batch["token_type_ids"], output_hidden_states=bool(matches))
+        return {"logits": out.logits.float() if cache is None else cache.logits[ids].to(out.logits.device),
+                "cls": {m.teacher: out.hidden_states[m.teacher][:, 0].float() for m in matches if m.kind == "cls"},
+                "hidden": {m.teacher: out.hidden_states[m.teacher].float() for m in matches if m.kind == "hidden"},
+                "scores": {m.teacher: teacher_scores.scores(m.teacher) for m in matches if m.kind == "attention"}}
+
+
+# ---------------------------------------------------------------- the loss: one branch per method
+def compute_loss(c: DistillConfig, task: str, student, teacher, projection, matches, student_scores, teacher_scores,
+                 cache, batch: dict, ids: list[int]) -> tuple[torch.Tensor, dict]:
+    """Total loss and its parts; every weight of the run is applied here."""
+    target = teacher_targets(teacher, teacher_scores, cache, batch, ids, matches)
+    out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  token_type_ids=batch["token_type_ids"], output_hidden_states=bool(matches))
+    labels = batch["labels"]
+    if task == "mlm":
+        masked = labels != -100
+        kd = losses.masked_kl(out.logits, target["logits"], masked, c.temperature)
+        hard = losses.hard_ce(out.logits[masked], labels[masked])
+    elif task == "regression":
+        kd = losses.regression_mse(out.logits, target["logits"][:, 0])
+        hard = losses.regression_mse(out.logits, labels)
+    else:
+        kd = losses.soft_kl(out.logits, target["logits"], c.temperature)
+        hard = losses.hard_ce(out.logits, labels)
+    parts = {"kd": kd, "hard": hard}
+    total = c.alpha * kd + (1 - c.alpha) * hard
+    if c.method == "patient":
+        cls_matches = [m for m in matches if m.kind == "cls"]
+        s_cls = torch.stack([projection(out.hidden_states[m.student][:, 0]) for m in cls_matches], 1)
+        t_cls = torch.stack([target["cls"][m.teacher] for m in cls_matches], 1)
+        parts["patient"] = losses.patience_loss(s_cls, t_cls)
+        total = total + c.beta * parts["patient"]
+    if c.method == "feature":
+        mask = batch["attention_mask"]
+        hidden = [m for m in matches if m.kind == "hidden"]
+        mse = {m: losses.hidden_mse(projection(out.hidden_states[m.student]), target["hidden"][m.teacher], mask) for m in hidden}
+        embed = [v for m, v in mse.items() if m.student == 0]
+        layer = [v for m, v in mse.items() if m.student > 0]
+        att = [losses.attention_score_mse(student_scores.scores(m.student), target["scores"][m.teacher], mask)
+               for m in matches if m.kind == "attention"]
+        for name, terms, weight in (("embedding", embed, c.embedding_weight), ("hidden", layer, c.hidden_weight),
+                                    ("attention", att, c.attention_weight)):
+            if terms:
+                parts[name] = torch.stack(terms).sum()
+                total = total + weight * parts[name]
+    return total, parts
+
+
+# ---------------------------------------------------------------- evaluation
+def evaluate(model, tokenizer, data, c: DistillConfig, device: str, reference=None) -> dict:
+    from qtinker.evaluate import evaluate_model
+
+    was_training = model.training
+    result = evaluate_model(model, tokenizer, data, batch_size=64, max_length=c.max_length, device=device,
+                            reference_predictions=reference)
+    model.train(was_training)
+    return result
+
+
+def evaluate_mlm(model, teacher, tokenizer, texts: list[str], c: DistillConfig, device: str) -> dict:
+    """Masked-token accuracy on held-out text (fixed masks), and top-1 agreement with the teacher."""
+    was_training = model.training
+    model.eval()
+    examples = encode(tokenizer, texts, None, c.max_length)
+    right = agree = total = 0
+    with torch.inference_mode():
+        for b, start in enumerate(range(0, len(examples), 64)):
+            ids = list(range(start, min(start + 64, len(examples))))
+            batch = collate(examples, [-100] * len(examples), ids, tokenizer.pad_token_id,
+                            dataclasses.replace(c, length_bucketing=True), device)
+            batch = mask_batch(batch, tokenizer, c.mlm_probability, c.seed + 7 + b)
+            masked = batch["labels"] != -100
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            pred = model(**inputs).logits.argmax(-1)[masked]
+            right += int((pred == batch["labels"][masked]).sum())
+            if teacher is not None:
+                agree += int((pred == teacher(**inputs).logits.argmax(-1)[masked]).sum())
+            total += int(masked.sum())
+    model.train(was_training)
+    result = {"mlm_accuracy": right / max(total, 1), "n": total}
+    if teacher is not None:
+        result["agreement"] = agree / max(total, 1)
+    return result
+
+
+def primary_score(task: str, result: dict) -> float:
+    if task == "regression":
+        return -result["mse"]
+    return result["mlm_accuracy"] if task == "mlm" else result["accuracy"]
+
+
+def retention(task: str, teacher: dict, student: dict) -> float | None:
+    """Student / teacher on the main metric (regression: Pearson)."""
+    key = {"regression": "pearson", "mlm": "mlm_accuracy"}.get(task, "accuracy")
+    t, s = teacher.get(key), student.get(key)
+    return round(s / t, 4) if t and s is not None else None
+
+
+def public(result: dict) -> dict:
+    """Metrics without the per-example predictions."""
+    return {k: v for k, v in result.items() if k not in ("predictions", "label_names", "label_match")}
+
+
+# ---------------------------------------------------------------- saving and checkpoints
+def save_model_folder(folder: Path, model, tokenizer) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)  # model.safetensors + config.json (id2label / label2id)
+    tokenizer.save_pretrained(folder)
+
+
+def save_checkpoint(path: Path, state: dict, student, projection, optimizer, scheduler, scaler) -> None:
+    """Everything a resumed run needs to continue bit for bit: weights, optimizer, scheduler, RNG, position."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"state": json.dumps(state), "student": student.state_dict(), "projection": projection.state_dict(),
+               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+               "torch_rng": torch.get_rng_state(), "python_rng": json.dumps(random.getstate()),
+               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, student, projection, optimizer, scheduler, scaler) -> dict:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    student.load_state_dict(payload["student"])
+    projection.load_state_dict(payload["projection"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    scaler.load_state_dict(payload["scaler"])
+    torch.set_rng_state(payload["torch_rng"])
+    version, internal, gauss = json.loads(payload["python_rng"])
+    random.setstate((version, tuple(internal), gauss))
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    return json.loads(payload["state"])
+
+
+# ================================================================ teacher fine-tuning
+def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs: int = 3, lr: float = 5e-5,
+                      batch_size: int = 32, max_length: int = 128, device: str = "cpu", seed: int = 42,
+                      events: Events | None = None) -> Path:
+    """Give a teacher without a task head one: fine-tune it on `data` (LabelledData) and save it.
+
+    Default `out`: outputs_dir()/teachers/<teacher-name>-<hash of teacher, data and settings>/, reused
+    when the same teacher, data and settings come again.
+    """
+    events = events or Events(echo=False)
+    teacher_path = st.resolve_model(teacher, "teacher")
+    key = hashlib.sha256(json.dumps([str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,
+                                     data.texts, data.text_pairs, data.labels, data.label_names, epochs, lr, batch_size,
+                                     max_length, seed]).encode()).hexdigest()[:12]
+    out = Path(out) if out else paths.outputs_dir() / "teachers" / f"{Path(teacher_path).name}-{key}"
+    if (out / "config.json").exists():
+        events.log(f"teacher: reusing the fine-tuned {out}")
+        return out
+    events.log(f"teacher: {teacher_path} has no head for these {data.num_labels} labels; fine-tuning it for {epochs} epochs")
+    tokenizer = st.load_tokenizer(teacher_path, "teacher")
+    torch.manual_seed(seed)
+    model = st.load_classifier(teacher_path, data.num_labels, data.label_names, "teacher").to(device).train()
+    examples = encode(tokenizer, data.texts, data.text_pairs, max_length)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    total = math.ceil(len(examples) / batch_size) * epochs
+    scheduler = linear_schedule(optimizer, total // 10, total)
+    c = DistillConfig(max_length=max_length)
+    step = 0
+    for epoch in range(epochs):
+        for ids in batch_order([len(e["input_ids"]) for e in examples], batch_size, seed, epoch, True):
+            batch = collate(examples, data.labels, ids, tokenizer.pad_token_id, c, device)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           token_type_ids=batch["token_type_ids"]).logits
+            if data.task == "regression":
+                loss = losses.regression_mse(logits, batch["labels"])
+            else:
+                loss = losses.hard_ce(logits, batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step % 20 == 0 or step == total:
+                events.emit("progress", stage="teacher", step=step, total_steps=total, epoch=epoch + 1, epochs=epochs,
+                            loss=round(float(loss.detach()), 5))
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    save_model_folder(work, model.cpu(), tokenizer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+    return out
+
+
+# ================================================================ CLI
+def configure_distill(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="Re-run a saved run_config.json; flags set to non-default values override it.")
+    add_arguments(parser, DistillConfig)
+    parser.add_argument("--events", default=None, help="Write progress events as JSON lines to this file.")
+    parser.add_argument("--stop-file", default=None, help="Stop cleanly (keeping a checkpoint) once this file exists.")
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    events = Events(args.events, echo=True, stop_file=args.stop_file)
+    try:
+        if args.config:
+            base = load_config(DistillConfig, args.config)
+            defaults = DistillConfig()
+            given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)
+                     if getattr(args, f.name) != getattr(defaults, f.name)}
+            config = dataclasses.replace(base, **given)
+        else:
+            config = from_args(DistillConfig, args)
+        result = distill(config, events)
+    except QTinkerError as exc:
+        events.emit("error", message=str(exc))
+        raise
+    except Exception as exc:
+        events.emit("error", message=f"{type(exc).__name__}: {exc}")
+        raise
+    if result.get("status") == "stopped":
+        print(f"stopped; continue with: qtinker distill ... --out {args.out} --resume")
+        return 0
+    print(json.dumps({k: result[k] for k in ("teacher_accuracy", "student_accuracy", "retention", "agreement",
+                                             "student_parameters", "train_examples_per_s") if k in result}))
+    return 0

@@ -1,0 +1,172 @@
+"""Finding models and building students: from a folder, from some of the teacher's layers,
+or from a fresh config with the teacher's vocabulary.
+
+Loading never executes model code: `trust_remote_code=False`, safetensors only.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from torch import nn
+
+from qtinker import paths
+from qtinker.errors import QTinkerError
+from qtinker.layers import check_layer_list, student_init_layers
+
+LOAD_KW = dict(trust_remote_code=False, use_safetensors=True)
+
+
+def resolve_model(name_or_path: str, field: str = "teacher") -> str:
+    """A folder path, a model name under models_dir()/outputs_dir(), or a Hub id (kept as is)."""
+    if not name_or_path:
+        raise QTinkerError(f"{field}: empty; give a model folder, a downloaded model name or a Hub id")
+    for candidate in (Path(name_or_path).expanduser(), paths.models_dir() / name_or_path, paths.outputs_dir() / name_or_path):
+        if candidate.is_dir():
+            if not (candidate / "config.json").exists():
+                raise QTinkerError(f"{field}: {candidate} has no config.json; point to a Hugging Face model folder")
+            return str(candidate)
+    if Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+        raise QTinkerError(f"{field}: {name_or_path} does not exist; check the path or download the model first")
+    return name_or_path  # a Hub id: from_pretrained finds it in the HF cache (offline) or downloads it
+
+
+def load_config(name_or_path: str, field: str = "teacher"):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise QTinkerError(f"{field}: cannot load {name_or_path} ({str(exc).splitlines()[0][:160]}); "
+                           "give a local model folder or download the model first") from exc
+
+
+def load_tokenizer(name_or_path: str, field: str = "teacher"):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise QTinkerError(f"{field}: {name_or_path} has no usable tokenizer ({str(exc).splitlines()[0][:160]}); "
+                           "use a folder with vocab.txt or tokenizer.json") from exc
+
+
+def has_task_head(config, num_labels: int) -> bool:
+    """True when the model was saved with a sequence-classification head of the right size."""
+    archs = config.architectures or []
+    return any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == num_labels
+
+
+def load_classifier(name_or_path: str, num_labels: int, label_names: list[str], field: str = "teacher"):
+    """AutoModelForSequenceClassification with the task's labels (a new head if it has none)."""
+    from transformers import AutoModelForSequenceClassification
+
+    kw = task_kwargs(num_labels, label_names)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(name_or_path, ignore_mismatched_sizes=True, **kw, **LOAD_KW)
+    except (OSError, ValueError) as exc:
+        raise QTinkerError(f"{field}: cannot load {name_or_path} as a classifier ({str(exc).splitlines()[0][:160]})") from exc
+
+
+def load_masked_lm(name_or_path: str, field: str = "teacher"):
+    """AutoModelForMaskedLM; refuses a model saved without its MLM head (its predictions would be random)."""
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True, **LOAD_KW)
+    except (OSError, ValueError) as exc:
+        raise QTinkerError(f"{field}: cannot load {name_or_path} as a masked LM ({str(exc).splitlines()[0][:160]})") from exc
+    missing = [k for k in info.get("missing_keys", []) if "embeddings" not in k and "position_ids" not in k]
+    if field == "teacher" and missing:
+        raise QTinkerError(f"teacher: {name_or_path} was saved without its MLM head ({missing[0]} missing), so it "
+                           "cannot teach masked-token predictions; use a pre-training checkpoint (e.g. bert-base-uncased) "
+                           "or give --data for task distillation")
+    return model
+
+
+def task_kwargs(num_labels: int, label_names: list[str]) -> dict:
+    if not label_names:  # regression
+        return dict(num_labels=1, problem_type="regression")
+    return dict(num_labels=num_labels, id2label=dict(enumerate(label_names)),
+                label2id={n: i for i, n in enumerate(label_names)}, problem_type="single_label_classification")
+
+
+def check_same_vocab(teacher_tokenizer, student_tokenizer, student_name: str) -> None:
+    """Logit KD needs both models to see the same token ids; refuse otherwise."""
+    t_vocab, s_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if t_vocab != s_vocab:
+        differ = len(set(t_vocab.items()) ^ set(s_vocab.items()))
+        raise QTinkerError(f"student: {student_name} has a different vocabulary from the teacher "
+                           f"({len(s_vocab)} vs {len(t_vocab)} tokens, {differ} entries differ), so its token ids "
+                           "mean other words; pick a student with the teacher's vocabulary, or use "
+                           "--student-from-teacher N / --student-config L,H,A")
+    t_lower = getattr(teacher_tokenizer, "do_lower_case", None)
+    s_lower = getattr(student_tokenizer, "do_lower_case", None)
+    if t_lower is not None and s_lower is not None and t_lower != s_lower:
+        raise QTinkerError(f"student: {student_name} lower-cases text={s_lower} but the teacher lower-cases={t_lower}; "
+                           "pick a student with the same casing as the teacher")
+
+
+def student_from_teacher(teacher: nn.Module, layers: list[int]) -> nn.Module:
+    """A copy of the teacher keeping only `layers` (0-indexed), DistilBERT-style.
+
+    Embeddings, the kept blocks, the pooler and the task/MLM head are copied; everything
+    else is dropped. The student has the teacher's class, width and vocabulary.
+    """
+    n_teacher = teacher.config.num_hidden_layers
+    layers = check_layer_list(layers, n_teacher)
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    student = type(teacher)(config)
+    state = teacher.state_dict()
+    blocks_prefix = _blocks_prefix(teacher)
+    new_state = {}
+    for key, value in state.items():
+        if key.startswith(blocks_prefix):
+            index, rest = key[len(blocks_prefix):].split(".", 1)
+            if int(index) in layers:
+                new_state[f"{blocks_prefix}{layers.index(int(index))}.{rest}"] = value.clone()
+        else:
+            new_state[key] = value.clone()
+    missing, unexpected = student.load_state_dict(new_state, strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k]:
+        raise RuntimeError(f"student init from teacher: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    student.tie_weights()
+    return student
+
+
+def _blocks_prefix(model: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if name.endswith("encoder.layer"):
+            return name + "."
+    raise QTinkerError(f"{type(model).__name__}: no encoder.layer blocks; --student-from-teacher needs a BERT-like teacher")
+
+
+def student_from_config(teacher: nn.Module, layers: int, hidden: int, heads: int, intermediate: int | None = None) -> nn.Module:
+    """A randomly initialised student of the teacher's class and vocabulary with new sizes."""
+    if hidden % heads:
+        raise QTinkerError(f"student_config: hidden {hidden} is not divisible by heads {heads}; e.g. {hidden},{_divisor(hidden)}")
+    if layers < 1 or hidden < 8:
+        raise QTinkerError(f"student_config: {layers} layers of width {hidden}; use at least 1 layer and width 8")
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = layers
+    config.hidden_size = hidden
+    config.num_attention_heads = heads
+    config.intermediate_size = intermediate or 4 * hidden
+    return type(teacher)(config)
+
+
+def _divisor(hidden: int) -> int:
+    return next(h for h in (12, 8, 6, 4, 2, 1) if hidden % h == 0)
+
+
+def init_layers_for(teacher_layers: int, n: int, strategy: str, explicit: list[int]) -> list[int]:
+    """The teacher layers a --student-from-teacher student keeps (explicit list wins)."""
+    if explicit:
+        return check_layer_list(explicit, teacher_layers)
+    return student_init_layers(teacher_layers, n, strategy)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
