@@ -329,11 +329,14 @@ def _measure(model, tokenizer, data, config, device, events, label, reference=No
     from qtinker.latency import compile_context, compiled, measure_latency
 
     result: dict = {"weights_bytes": weights_bytes(model), "weights_bytes_without_embeddings": weights_bytes(model, False)}
+    # a model with fewer than 128 positions is timed (and evaluated) at the length it can read
+    positions = getattr(model.config, "max_position_embeddings", None) or 128
+    seq, max_length = min(128, positions), min(config.max_length, positions)
     if data is not None:
         if type(model).__name__.endswith("ForSequenceClassification"):
             from qtinker.evaluate import evaluate_model
 
-            scores = evaluate_model(model, tokenizer, data, max_length=config.max_length, device=device,
+            scores = evaluate_model(model, tokenizer, data, max_length=max_length, device=device,
                                     reference_predictions=reference)
             result.update(scores)
         else:
@@ -341,20 +344,20 @@ def _measure(model, tokenizer, data, config, device, events, label, reference=No
     vocab = model.config.vocab_size
     latency = {}
     for batch in (1, 16):
-        latency[f"batch{batch}_eager_ms"] = measure_latency(model, vocab, batch, 128, config.latency_iters, device=device)["ms"]
+        latency[f"batch{batch}_eager_ms"] = measure_latency(model, vocab, batch, seq, config.latency_iters, device=device)["ms"]
     if config.compile:
         with compile_context():
             fast = compiled(model)
             for batch in (1, 16):
                 try:
-                    latency[f"batch{batch}_compiled_ms"] = measure_latency(fast, vocab, batch, 128, config.latency_iters,
+                    latency[f"batch{batch}_compiled_ms"] = measure_latency(fast, vocab, batch, seq, config.latency_iters,
                                                                            device=device)["ms"]
                 except Exception as exc:  # compile needs a C++ compiler; eager figures still stand
                     events.emit("warning", message=f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
                                                    "compiled latency not measured")
                     break
         torch._dynamo.reset()
-    result["latency"] = {**latency, "seq": 128, "threads": torch.get_num_threads(), "iters": config.latency_iters}
+    result["latency"] = {**latency, "seq": seq, "threads": torch.get_num_threads(), "iters": config.latency_iters}
     events.emit("eval", stage=label, **{k: v for k, v in result.items() if k != "predictions"})
     return result
 
@@ -439,7 +442,7 @@ def format_metrics(metrics: dict) -> str:
         if key.endswith("_ms"):
             rows.append((f"latency {key[:-3]} (ms)", f"{b['latency'].get(key, float('nan')):.2f}", f"{value:.2f}",
                          f"{r.get('speedup_' + key[:-3], float('nan')):.2f}x speed"))
-    lines = [f"{metrics['scheme']} on {metrics['device']}, {metrics['threads']} threads, seq 128; "
+    lines = [f"{metrics['scheme']} on {metrics['device']}, {metrics['threads']} threads, seq {a['latency']['seq']}; "
              f"output cosine vs float {metrics['output_cosine']:.4f}",
              f"{'':26}{'before':>14}{'after':>14}{'change':>18}"]
     lines += [f"{name:26}{x:>14}{y:>14}{z:>18}" for name, x, y, z in rows]
