@@ -31,13 +31,14 @@ import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from qtinker import paths
+from qtinker import distributed, paths
 from qtinker.config import add_arguments, from_args, load_config, option, save_config
 from qtinker.errors import QTinkerError
 from qtinker.events import Events
@@ -113,6 +114,9 @@ class DistillConfig:
     cache_teacher: bool = option(True, "Compute the teacher's outputs once and reuse them every epoch.")
     cache_max_mb: int = option(2048, "Memory for cached teacher hidden states / attention inputs; above it they are "
                                      "recomputed each step (logits are always cached).")
+    disk_cache: bool = option(False, "Keep the teacher's outputs on disk (memory-mapped, under the cache folder) instead of "
+                                     "in memory, for corpora larger than memory; reused by later runs with the same "
+                                     "teacher, data and --max-length. Under torchrun the processes share the work.")
     length_bucketing: bool = option(True, "Batch examples of similar length together (less padding).")
     early_stopping: int = option(0, "Stop after this many epochs without improvement (0: off).")
     checkpoint_every: int = option(0, "Also checkpoint every N optimizer steps (0: only each epoch and on stop).")
@@ -127,10 +131,18 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
     events = events or Events(echo=False)
     check_config(config)
     device, amp_dtype = pick_device(config.device, config.precision)
+    # ---- processes: under torchrun each rank joins the group (NCCL / gloo) and takes cuda:LOCAL_RANK
+    ctx = distributed.setup(device)
+    device = ctx.device
+    if not ctx.is_main:  # one writer: rank 0 writes the events and the console lines
+        events = Events(echo=False, stop_file=events.stop_file)
     out = Path(config.out).expanduser().resolve()
     work = out.with_name(out.name + ".partial")
     checkpoint = work / "checkpoint" / "state.pt"
-    prepare_output(out, work, checkpoint, config)
+    distributed.on_main(lambda: prepare_output(out, work, checkpoint, config), ctx)
+    if distributed.any_rank(config.resume and not checkpoint.exists(), ctx):
+        raise QTinkerError(f"--resume: {checkpoint} is not visible to every process; on several machines put --out "
+                           "on a shared filesystem (or copy the .partial folder to the same path on each)")
     events.emit("start", command="distill", method=config.method, out=str(out), device=device)
 
     # ---- data
@@ -169,9 +181,10 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
             train, eval_data = reorder_labels(train, teacher_names), reorder_labels(eval_data, teacher_names)
             label_names = teacher_names
         if teacher_names is None:
-            teacher_path = str(fine_tune_teacher(teacher_path, train, epochs=config.teacher_epochs, lr=config.teacher_lr,
-                                                 batch_size=config.batch_size, max_length=config.max_length,
-                                                 device=device, seed=config.seed, events=events))
+            # one process fine-tunes and saves the teacher; the others load the saved folder
+            teacher_path = str(distributed.on_main(lambda: fine_tune_teacher(
+                teacher_path, train, epochs=config.teacher_epochs, lr=config.teacher_lr, batch_size=config.batch_size,
+                max_length=config.max_length, device=device, seed=config.seed, events=events), ctx))
         teacher = st.load_classifier(teacher_path, num_labels, label_names, "teacher")
     teacher.to(device).eval().requires_grad_(False)
 
@@ -207,8 +220,16 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
         if extra:
             events.log(f"augmentation: {len(extra)} unlabelled examples get the teacher's soft targets")
     cache_start = time.perf_counter()
-    cache = None if mlm else TeacherCache.build(teacher, examples, tokenizer.pad_token_id, matches, teacher_scores,
-                                                config, device, amp_dtype, events)
+    if mlm:
+        cache = None
+    elif config.disk_cache:  # memory-mapped files, written once (split across this machine's processes)
+        from qtinker.teacher_cache import build_for_distill
+
+        cache = build_for_distill(teacher, teacher_path, examples, tokenizer.pad_token_id, matches, teacher_scores,
+                                  config, device, amp_dtype, events, ctx)
+    else:
+        cache = TeacherCache.build(teacher, examples, tokenizer.pad_token_id, matches, teacher_scores,
+                                   config, device, amp_dtype, events)
     cache_seconds = time.perf_counter() - cache_start
 
     # ---- teacher reference on the eval data
@@ -223,7 +244,8 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
     no_decay = lambda n: n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n  # noqa: E731
     optimizer = torch.optim.AdamW([{"params": [p for n, p in trainable if not no_decay(n)], "weight_decay": config.weight_decay},
                                    {"params": [p for n, p in trainable if no_decay(n)], "weight_decay": 0.0}], lr=config.lr)
-    steps_per_epoch = math.ceil(math.ceil(len(examples) / config.batch_size) / config.grad_accum)
+    global_batch = config.batch_size * ctx.world_size  # --batch-size is per process
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / global_batch) / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     warmup = int(total_steps * config.warmup_ratio)
     scheduler = linear_schedule(optimizer, warmup, total_steps)
@@ -232,19 +254,30 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
     # ---- resume
     state = dict(epoch=0, step_in_epoch=0, global_step=0, splits=1, best=None, best_epoch=0, stale=0, history=[],
                  train_seconds=0.0, train_examples=0)
+    if ctx.rank:  # each rank its own dropout masks (rank 0 keeps the single-process stream)
+        torch.manual_seed(config.seed + ctx.rank)
     if config.resume and checkpoint.exists():
-        state = load_checkpoint(checkpoint, student, projection, optimizer, scheduler, scaler)
+        state = load_checkpoint(checkpoint, student, projection, optimizer, scheduler, scaler, ctx)
         events.log(f"resumed from {checkpoint}: epoch {state['epoch'] + 1}, step {state['global_step']}/{total_steps}")
+
+    # ---- processes: DDP averages the gradients of the student and its projection across ranks
+    # (the projection only when the loss uses it: DDP needs a gradient for every parameter)
+    uses_projection = any(m.kind in ("cls", "hidden") for m in matches)
+    model = distributed.wrap_ddp(distributed.TrainedTogether(student, **({"projection": projection} if uses_projection else {})), ctx)
+    if ctx.distributed:
+        events.log(f"{ctx.world_size} processes ({ctx.backend}): {config.batch_size} examples per process and batch, "
+                   f"{global_batch * config.grad_accum} per optimizer step")
 
     # ---- loop
     stopped = False
     last_emit = 0.0
     for epoch in range(state["epoch"], config.epochs):
         lengths = [len(e["input_ids"]) for e in examples]
-        order = batch_order(lengths, config.batch_size, config.seed, epoch, config.length_bucketing)
+        order = batch_order(lengths, global_batch, config.seed, epoch, config.length_bucketing)
+        order = [distributed.shard_batch(ids, ctx) for ids in order]  # this rank's share of each global batch
         groups = [order[i:i + config.grad_accum] for i in range(0, len(order), config.grad_accum)]
         for step_in_epoch in range(state["step_in_epoch"], len(groups)):
-            if events.stop_requested():
+            if distributed.any_rank(events.stop_requested(), ctx):  # all ranks stop at the same step
                 stopped = True
                 break
             t0 = time.perf_counter()
@@ -254,16 +287,20 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
                 try:
                     optimizer.zero_grad(set_to_none=True)
                     loss_sum, parts = 0.0, {}
-                    for batch_ids in group:
-                        for micro_index, micro in enumerate(split_ids(batch_ids, state["splits"])):
+                    for batch_index, batch_ids in enumerate(group):
+                        micros = split_ids(batch_ids, state["splits"])
+                        for micro_index, micro in enumerate(micros):
                             if FAULT_HOOK is not None:
                                 FAULT_HOOK(state["global_step"])
                             batch = collate(examples, labels, micro, tokenizer.pad_token_id, config, device)
                             if mlm:
                                 batch = mask_batch(batch, tokenizer, config.mlm_probability,
                                                    config.seed * 1_000_003 + state["global_step"] * 64 + micro_index)
-                            with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                                loss, micro_parts = compute_loss(config, task, student, teacher, projection, matches,
+                            # DDP: gradients are averaged once per step, in the last micro-batch's backward
+                            last = batch_index == len(group) - 1 and micro_index == len(micros) - 1
+                            with (nullcontext() if last or not ctx.distributed else model.no_sync()), \
+                                    torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                                loss, micro_parts = compute_loss(config, task, model, teacher, projection, matches,
                                                                  student_scores, teacher_scores, cache, batch, micro)
                             weight = len(micro) / n_group
                             scaler.scale(loss * weight).backward()
@@ -290,17 +327,19 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
             state["global_step"] += 1
             state["step_in_epoch"] = step_in_epoch + 1
             state["train_seconds"] += time.perf_counter() - t0
-            state["train_examples"] += n_group
+            state["train_examples"] += n_group * ctx.world_size
             now = time.time()
-            if now - last_emit > 2 or state["global_step"] in (1, total_steps):  # .item() syncs the GPU: only here
+            # .item() syncs the GPU: only here; all ranks join the all-reduce when any of them logs
+            if distributed.any_rank(now - last_emit > 2 or state["global_step"] in (1, total_steps), ctx):
                 last_emit = now
+                shown = distributed.mean_across_ranks({"loss": float(loss_sum), **{k: float(v) for k, v in parts.items()}}, ctx)
                 speed = state["train_examples"] / max(state["train_seconds"], 1e-9)
                 events.emit("progress", step=state["global_step"], total_steps=total_steps, epoch=epoch + 1,
-                            epochs=config.epochs, loss=round(float(loss_sum), 5),
-                            **{k: round(float(v), 5) for k, v in parts.items()}, examples_per_s=round(speed, 1),
+                            epochs=config.epochs, loss=round(shown["loss"], 5),
+                            **{k: round(shown[k], 5) for k in parts}, examples_per_s=round(speed, 1),
                             eta_s=round((total_steps - state["global_step"]) * state["train_seconds"] / state["global_step"], 1))
-            if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0 and is_main_process():
-                save_checkpoint(checkpoint, state, student, projection, optimizer, scheduler, scaler)
+            if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0:
+                save_checkpoint(checkpoint, state, student, projection, optimizer, scheduler, scaler, ctx)
         if stopped:
             break
         # ---- end of epoch: evaluate, keep the best student, maybe stop early
@@ -313,13 +352,12 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
         events.emit("eval", epoch=epoch + 1, model="student", **public(result))
         if state["best"] is None or score > state["best"]:
             state.update(best=score, best_epoch=epoch + 1, stale=0)
-            if is_main_process():
+            if ctx.is_main:
                 save_model_folder(work / "best", student, tokenizer)
         else:
             state["stale"] += 1
         state.update(epoch=epoch + 1, step_in_epoch=0)
-        if is_main_process():
-            save_checkpoint(checkpoint, state, student, projection, optimizer, scheduler, scaler)
+        save_checkpoint(checkpoint, state, student, projection, optimizer, scheduler, scaler, ctx)
         if config.early_stopping and state["stale"] >= config.early_stopping:
             events.log(f"early stopping: no improvement for {state['stale']} epochs")
             break
@@ -327,13 +365,15 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
     student_scores.remove()
 
     if stopped:
-        if is_main_process():
-            save_checkpoint(checkpoint, state, student, projection, optimizer, scheduler, scaler)
+        save_checkpoint(checkpoint, state, student, projection, optimizer, scheduler, scaler, ctx)
         result = {"status": "stopped", "checkpoint": str(checkpoint), "step": state["global_step"],
                   "total_steps": total_steps}
         events.emit("stopped", message=f"stopped at step {state['global_step']}/{total_steps}; "
                                        f"continue with --resume --out {out}", **result)
         return result
+
+    if not ctx.is_main:  # rank 0 writes the results; the other ranks are done
+        return {"status": "done", "rank": ctx.rank}
 
     # ---- save the best student (projection dropped), metrics, config and model card
     best_model = (st.load_masked_lm(str(work / "best"), "student") if mlm
@@ -350,6 +390,7 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
         "teacher_cache_seconds": round(cache_seconds, 2), "train_seconds": round(state["train_seconds"], 2),
         "train_examples": len(examples), "epochs_run": len(state["history"]), "history": state["history"],
         "layer_map": describe_map(matches), "device": device, "oom_splits": state["splits"],
+        "processes": ctx.world_size,
         "hyperparameters": {"temperature": config.temperature, "t_squared": True, "kd_weight": config.alpha,
                             "hard_label_weight": round(1 - config.alpha, 6), "patient_weight": config.beta,
                             "hidden_weight": config.hidden_weight, "attention_weight": config.attention_weight,
@@ -360,7 +401,7 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
     for key in ("accuracy", "macro_f1", "mse", "pearson", "mlm_accuracy"):
         if key in teacher_eval:
             metrics[f"teacher_{key}"], metrics[f"student_{key}"] = teacher_eval[key], best_eval.get(key)
-    if is_main_process():
+    if ctx.is_main:
         shutil.rmtree(work / "checkpoint", ignore_errors=True)
         shutil.rmtree(work / "best", ignore_errors=True)
         save_model_folder(work, best_model, tokenizer)
@@ -415,11 +456,6 @@ def pick_device(device: str, precision: str) -> tuple[str, torch.dtype | None]:
     if precision != "fp32" and device == "cpu":
         raise QTinkerError(f"--precision {precision}: mixed precision needs a GPU; use fp32 on CPU")
     return device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def is_main_process() -> bool:
-    """The one process that writes (the seam for a torchrun run: rank 0 only)."""
-    return True
 
 
 def prepare_output(out: Path, work: Path, checkpoint: Path, c: DistillConfig) -> None:
@@ -786,10 +822,16 @@ def save_model_folder(folder: Path, model, tokenizer) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def save_checkpoint(path: Path, state: dict, student, projection, optimizer, scheduler, scaler) -> None:
-    """Everything a resumed run needs to continue bit for bit: weights, optimizer, scheduler, RNG, position."""
+def save_checkpoint(path: Path, state: dict, student, projection, optimizer, scheduler, scaler,
+                    ctx: distributed.Context | None = None) -> None:
+    """Everything a resumed run needs to continue bit for bit: weights, optimizer, scheduler, RNG, position.
+    Under torchrun every rank calls it (to hand in its RNG state) and rank 0 writes."""
+    ctx = ctx or distributed.Context()
+    rank_rng = distributed.gather_rng_states(ctx)
+    if not ctx.is_main:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state": json.dumps(state), "student": student.state_dict(), "projection": projection.state_dict(),
+    payload = {"world_size": ctx.world_size, "rank_rng": rank_rng,"state": json.dumps(state), "student": student.state_dict(), "projection": projection.state_dict(),
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                "torch_rng": torch.get_rng_state(), "python_rng": json.dumps(random.getstate()),
                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -798,8 +840,13 @@ def save_checkpoint(path: Path, state: dict, student, projection, optimizer, sch
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, student, projection, optimizer, scheduler, scaler) -> dict:
+def load_checkpoint(path: Path, student, projection, optimizer, scheduler, scaler,
+                    ctx: distributed.Context | None = None) -> dict:
+    ctx = ctx or distributed.Context()
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("world_size", 1) != ctx.world_size:
+        raise QTinkerError(f"--resume: {path} was written by {payload.get('world_size', 1)} process(es), this run has "
+                           f"{ctx.world_size}; resume with the same number (torchrun --nproc_per_node / --nnodes)")
     student.load_state_dict(payload["student"])
     projection.load_state_dict(payload["projection"])
     optimizer.load_state_dict(payload["optimizer"])
@@ -810,6 +857,8 @@ def load_checkpoint(path: Path, student, projection, optimizer, scheduler, scale
     random.setstate((version, tuple(internal), gauss))
     if payload["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    if "rank_rng" in payload:  # this rank's own stream (dropout differs per rank)
+        distributed.set_rng_state(payload["rank_rng"][ctx.rank], ctx)
     return json.loads(payload["state"])
 
 
@@ -878,7 +927,8 @@ def configure_distill(parser: argparse.ArgumentParser) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    events = Events(args.events, echo=True, stop_file=args.stop_file)
+    main = distributed.env_rank() == 0  # under torchrun only rank 0 writes events and prints
+    events = Events(args.events if main else None, echo=main, stop_file=args.stop_file)
     try:
         if args.config:
             base = load_config(DistillConfig, args.config)
@@ -891,10 +941,15 @@ def run_distill(args: argparse.Namespace) -> int:
         result = distill(config, events)
     except QTinkerError as exc:
         events.emit("error", message=str(exc))
+        distributed.teardown(sync=False)
         raise
     except Exception as exc:
         events.emit("error", message=f"{type(exc).__name__}: {exc}")
+        distributed.teardown(sync=False)
         raise
+    distributed.teardown()  # all ranks together, once rank 0 has written the results
+    if not main:
+        return 0
     if result.get("status") == "stopped":
         print(f"stopped; continue with: qtinker distill ... --out {args.out} --resume")
         return 0

@@ -114,8 +114,9 @@ def data_preview(choice: str, upload: str | None) -> tuple[pd.DataFrame, str]:
 
 
 def start(teacher, student, n_layers, custom, choice, upload, method, temperature, alpha, beta, layer_map,
-          hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr, max_length, out_name) -> str:
-    """Start the distillation as a background job (refused while another job holds the device)."""
+          hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr, max_length, out_name, gpus=1) -> str:
+    """Start the distillation as a background job (refused while another job holds the device); with
+    gpus > 1, as one torchrun job with a process per GPU (see docs/scaling.md)."""
     from qtinker.data import sample_dataset_path, sample_eval_path
 
     check = verdict(teacher, student, n_layers, custom, method)
@@ -145,11 +146,27 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
         args += ["--student", str(common.find_model(student).path)]
     device = common.device_slot()
     who = student if student not in (FROM_TEACHER, CUSTOM) else "student"
+    gpus, program = int(gpus or 1), None
+    if gpus > 1:  # one torchrun job: a process per GPU, --batch-size per process
+        from qtinker.distributed import launch_command, visible_gpus
+
+        if gpus > len(visible_gpus()):
+            return f"**Error:** GPUs to use: {gpus}, but {len(visible_gpus())} visible; choose 1-{len(visible_gpus())}."
+        program, device = launch_command([], nproc=gpus), f"{device} ×{gpus}"
     try:
-        job = jobs.start_job("distill", args, slot=device, title=f"distill {t.name} → {who} ({method})", out=out)
+        job = jobs.start_job("distill", args, slot=common.device_slot(), title=f"distill {t.name} → {who} ({method})",
+                             out=out, program=program)
     except QTinkerError as exc:
         return f"**Error:** {exc}"
     return f"Started job `{job.id}` on {device}: it keeps running if you close this tab. Output: `{out}`"
+
+
+def gpu_choice():
+    """"GPUs to use" is shown only when more than one GPU is visible (all of them by default)."""
+    from qtinker.distributed import visible_gpus
+
+    n = len(visible_gpus())
+    return gr.update(visible=n > 1, maximum=max(n, 2), value=max(n, 1))
 
 
 def stop_latest() -> str:
@@ -224,6 +241,8 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         embedding_weight = gr.Number(label="embedding_weight", value=1.0)
     layer_map = gr.Dropdown(["auto", "pkd-skip", "pkd-last", "uniform", "last"], value="auto", label="layer_map", visible=False)
     device_md = gr.Markdown("Device: detecting…", elem_id="device")
+    gpus = gr.Slider(1, 2, value=1, step=1, label="GPUs to use", visible=False, elem_id="distill_gpus",
+                     info="one process per GPU (torchrun); batch size is per GPU")
     with gr.Row(elem_id="distill_training"):
         epochs = gr.Number(label="epochs", value=3, precision=0, minimum=1)
         batch_size = gr.Number(label="batch size", value=32, precision=0, minimum=1)
@@ -261,7 +280,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     gr.api(verdict, api_name="compatibility")
     start_button.click(start, [teacher, student, n_layers, custom, data_choice, upload, method, temperature, alpha, beta,
                                layer_map, hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr,
-                               max_length, out_name], started, api_name="distill_start")
+                               max_length, out_name, gpus], started, api_name="distill_start")
     stop_button.click(stop_latest, None, started, api_name="distill_stop")
 
     seen = gr.State(())
@@ -271,6 +290,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     demo.load(refresh, None, [teacher, student], api_visibility="private")
     demo.load(view, seen, live_outputs, api_visibility="private")  # re-attach to a run after a reload
     demo.load(lambda: common.device_markdown(), None, device_md, api_visibility="private")
+    demo.load(gpu_choice, None, gpus, api_visibility="private")
     demo.load(data_preview, [data_choice, upload], [preview, data_summary], api_visibility="private")
     demo.load(field_updates, None, [method, temperature, alpha, beta, layer_map, hidden_weight, attention_weight,
                                     embedding_weight, epochs, batch_size, lr, max_length, n_layers, custom],
