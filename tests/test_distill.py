@@ -182,7 +182,7 @@ def test_out_of_memory_halves_the_batch_and_finishes(setup, monkeypatch):
 
     monkeypatch.setattr(d, "FAULT_HOOK", fail_first)
     metrics = distill(config(), Events(tmp / "ev.jsonl", echo=False))
-    assert metrics["status"] == "done" and metrics["oom_splits"] == 2
+    assert metrics["status"] == "done" and metrics["micro_batches_per_batch"] == 2
     warnings = [e for e in read_events(tmp / "ev.jsonl") if e["type"] == "warning"]
     assert len(warnings) == 1 and "micro-batch halved to 4" in warnings[0]["message"]
     assert "effective batch of 8" in warnings[0]["message"]

@@ -389,7 +389,7 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
         "train_examples_per_s": round(state["train_examples"] / max(total_seconds, 1e-9), 2),
         "teacher_cache_seconds": round(cache_seconds, 2), "train_seconds": round(state["train_seconds"], 2),
         "train_examples": len(examples), "epochs_run": len(state["history"]), "history": state["history"],
-        "layer_map": describe_map(matches), "device": device, "oom_splits": state["splits"],
+        "layer_map": describe_map(matches), "device": device, "micro_batches_per_batch": state["splits"],
         "processes": ctx.world_size,
         "hyperparameters": {"temperature": config.temperature, "t_squared": True, "kd_weight": config.alpha,
                             "hard_label_weight": round(1 - config.alpha, 6), "patient_weight": config.beta,
