@@ -208,13 +208,9 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 def mean_across_ranks(values: dict[str, float], ctx: Context) -> dict[str, float]:
     """Average scalar metrics over ranks (one all-reduce for the whole dict)."""
-    if not ctx.distributed or not values:
+    if not ctx.distributed:
         return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_comm_device(ctx))
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t /= ctx.world_size
-    return {k: float(v) for k, v in zip(keys, t.tolist())}
+    return {k: v / ctx.world_size for k, v in sum_across_ranks(values, ctx).items()}
 
 
 def sum_across_ranks(values: dict[str, float], ctx: Context) -> dict[str, float]:
