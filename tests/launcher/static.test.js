@@ -12,7 +12,7 @@ const Setup = require("pinokiod/kernel/bin/setup")
 const Template = require("jimini")
 const { REPO } = require("./harness.js")
 
-const SCRIPTS = ["install.js", "start.js", "update.js", "reset.js", "torch.js"]
+const SCRIPTS = ["install.js", "start.js", "update.js", "reset.js", "torch.js", "deps.js"]
 const load = (name) => {
   const file = path.join(REPO, name)
   delete require.cache[require.resolve(file)]
@@ -213,12 +213,15 @@ test("install.js: Intel Macs get a message and nothing else; other machines get 
   assert.ok(Setup[install.requires.bundle]({ gpu: "none" }).conda_requirements.includes("uv"))
 })
 
-test("update.js pulls, then repeats install.js's dependency steps exactly", () => {
+test("install.js and update.js run the one list of dependency steps in deps.js", () => {
+  const deps = load("deps.js")
   const install = load("install.js").run
   const update = load("update.js").run
+  assert.deepEqual(install.slice(3, 3 + deps.run.length), deps.run)
   assert.deepEqual(update[0], { method: "shell.run", params: { path: ".", message: "git pull" } })
-  assert.deepEqual(update.slice(1), install.slice(3, 8))
-  assert.deepEqual(load("update.js").requires, load("install.js").requires)
+  assert.deepEqual(update.slice(1), deps.run)
+  assert.deepEqual(load("update.js").requires, deps.requires)
+  assert.deepEqual(load("install.js").requires, deps.requires)
 })
 
 test("reset.js removes env/ and nothing else", () => {
