@@ -57,13 +57,15 @@ def test_quantized_zip_card_snippet_runs(tiny_bert, tmp_path):
     out = tmp_path / "outputs" / "student-int8"
     quantize(QuantizeConfig(model=str(source), out=str(out), compile=False, latency_iters=1))
     card = (out / "README.md").read_text()
+    assert "AutoModelForSequenceClassification.from_pretrained(folder)" in card  # plain transformers, first
+    assert "torch._inductor.config.freezing = True" in card
     for text in ("teacher: `bert-base-uncased`", "method: `logit`", "scheme: `int8-dynamic`",
                  "| student_metrics.accuracy | 0.75 |", "| ratios.size |", "| after.latency.batch16_eager_ms |",
                  "left in full precision: classifier", "torchao 0.18"):
         assert text in card, text
     zip_path = export_zip(out, tmp_path / "student.zip")
     names = unzip(zip_path, tmp_path / "unzipped")
-    assert {"student-int8/README.md", "student-int8/quantized_model.safetensors", "student-int8/quantization.json",
+    assert {"student-int8/README.md", "student-int8/model.safetensors", "student-int8/quantization.json",
             "student-int8/metrics.json", "student-int8/config.json", "student-int8/source_metrics.json"} <= set(names)
     printed = run_card_snippet(tmp_path / "unzipped" / "student-int8")
     # the snippet's logits equal qtinker.load's on the same sentence

@@ -31,17 +31,22 @@ def eval_csv(tmp_path):
     return path
 
 
-def logits_in_subprocess(folders) -> dict:
-    """qtinker.load in a fresh interpreter (nothing cached from this process) -> outputs as lists."""
+def logits_in_subprocess(folders, plain: bool = False) -> dict:
+    """qtinker.load in a fresh interpreter (nothing cached from this process) -> outputs as lists.
+    plain: transformers' own from_pretrained instead, with qtinker never imported."""
+    load = ("from transformers import AutoModelForSequenceClassification as A, AutoTokenizer as T\n"
+            "            model, tok = A.from_pretrained(folder).eval(), T.from_pretrained(folder)") if plain else \
+        "import qtinker; model, tok = qtinker.load(folder)"
     code = textwrap.dedent(f"""
-        import json, sys, torch, qtinker
+        import json, sys, torch
         out = {{}}
         for folder in {[str(f) for f in folders]!r}:
-            model, tok = qtinker.load(folder)
+            {load}
             enc = tok({TEXTS!r}, padding=True, return_tensors="pt")
             with torch.inference_mode():
                 o = model(**enc)
             out[folder] = (o.logits if getattr(o, "logits", None) is not None else o.last_hidden_state[:, 0]).tolist()
+        assert ("qtinker" in sys.modules) != {plain!r}
         print("RESULT" + json.dumps(out))
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -61,8 +66,9 @@ def float_logits(folder):
 
 def test_available_schemes_names_what_runs_here():
     schemes = available_schemes()
-    assert set(schemes) == {"int8-dynamic", "int8-weight", "int4-weight"}
+    assert set(schemes) == {"int8-dynamic", "int8-weight", "int4-weight", "onnx", "onnx-int8"}
     assert schemes["int8-dynamic"] is None and schemes["int8-weight"] is None
+    assert schemes["onnx"] is None and schemes["onnx-int8"] is None
     if not torch.cuda.is_available():
         assert "CUDA" in schemes["int4-weight"] and "int8-dynamic" in schemes["int4-weight"]
 
@@ -104,14 +110,18 @@ def test_cpu_schemes_shrink_reload_and_report(tiny_bert, tmp_path, eval_csv):
         assert metrics["output_cosine"] > 0.99 and metrics["reload_output_cosine"] > 0.999
         marker = json.loads((out / "quantization.json").read_text())
         assert marker["scheme"] == scheme and marker["load_device"] == "any" and marker["torchao"].startswith("0.")
-        assert marker["skipped_layers"] == metrics["skipped_layers"] and marker["weights"] == "quantized_model.safetensors"
-        assert not (out / "model.safetensors").exists()  # plain from_pretrained fails loudly, never loads random weights
+        assert marker["skipped_layers"] == metrics["skipped_layers"] and marker["weights"] == "model.safetensors"
+        quantization_config = json.loads((out / "config.json").read_text())["quantization_config"]
+        assert quantization_config["quant_method"] == "torchao"
+        assert quantization_config["modules_to_not_convert"] == ["classifier"]  # the head stays float
         assert "## Quantization" in (out / "README.md").read_text()
     reloaded = logits_in_subprocess(outs.values())
+    plain = logits_in_subprocess(outs.values(), plain=True)
     reference = float_logits(model)
     for scheme, out in outs.items():
         in_process = float_logits(out)
         assert torch.allclose(reloaded[str(out)], in_process, atol=1e-5), scheme
+        assert torch.allclose(plain[str(out)], in_process, atol=1e-5), scheme  # transformers alone, same outputs
         assert torch.allclose(reloaded[str(out)], reference, atol=0.05), scheme
 
 
@@ -176,10 +186,11 @@ def test_corrupt_quantized_weights_and_existing_out(tiny_bert, tmp_path):
         quantize(fast(model=str(model), out=str(out)))
     with pytest.raises(QTinkerError, match="is already quantized"):
         quantize(fast(model=str(out), out=str(tmp_path / "qq")))
-    data = (out / "quantized_model.safetensors").read_bytes()
-    (out / "quantized_model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(QTinkerError, match="quantized_model.safetensors: unreadable"):
+    data = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(QTinkerError, match="cannot load the quantized model .*quantize the model again") as info:
         load_model(out)
+    assert "\n" not in str(info.value)
 
 
 def test_cli_prints_before_after_and_events(tiny_bert, tmp_path, capsys):

@@ -1,10 +1,12 @@
 """Save and load model folders (float or TorchAO-quantized), model cards, and the download zip.
 
 A float folder is a plain Hugging Face folder (config.json, model.safetensors, tokenizer):
-transformers loads it as is. A quantized folder holds `quantized_model.safetensors` (TorchAO's
-tensor subclasses flattened to plain tensors + JSON metadata) and `quantization.json` (scheme,
-versions, skipped layers, where it must load). The different file name is deliberate: plain
-`from_pretrained` on a quantized folder fails loudly instead of loading random weights.
+transformers loads it as is. A TorchAO folder is one too: model.safetensors holds TorchAO's tensor
+subclasses flattened to plain tensors + JSON metadata, and config.json carries transformers'
+`quantization_config` (TorchAoConfig), so plain `from_pretrained(DIR)` rebuilds them (torchao
+installed). `quantization.json` adds what QTinker knows (scheme, versions, skipped layers, where it
+must load). Folders from before that (`quantized_model.safetensors`) still load through QTinker.
+An ONNX folder holds model.onnx + tokenizer.json + config.json: onnxruntime runs it without torch.
 
 Nothing here executes code from a model folder: safetensors and JSON only, no pickle,
 `trust_remote_code=False`.
@@ -14,6 +16,7 @@ Nothing here executes code from a model folder: safetensors and JSON only, no pi
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -25,6 +28,7 @@ from qtinker.errors import QTinkerError
 
 QUANTIZED_WEIGHTS = "quantized_model.safetensors"
 MARKER = "quantization.json"
+ONNX_FILE = "model.onnx"
 BERT_FAMILY = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra")
 CARD_TAG = "<!-- written by qtinker: model card -->"
 _HEADS = {"ForSequenceClassification": "AutoModelForSequenceClassification", "ForMaskedLM": "AutoModelForMaskedLM",
@@ -79,7 +83,10 @@ def check_model_folder(path: Path) -> dict:
     if model_type not in BERT_FAMILY:
         raise QTinkerError(f"{path}: model_type {model_type!r} is not a BERT-family encoder; QTinker handles "
                            f"{', '.join(BERT_FAMILY)}")
-    weights = [QUANTIZED_WEIGHTS] if (path / MARKER).exists() else ["model.safetensors", "model.safetensors.index.json"]
+    weights = ["model.safetensors", "model.safetensors.index.json"]
+    marker = read_quantization(path)
+    if marker and marker.get("weights") in (QUANTIZED_WEIGHTS, ONNX_FILE):  # older TorchAO folders; ONNX
+        weights = [marker["weights"]]
     if not any((path / w).exists() for w in weights):
         raise QTinkerError(f"{path}: no {weights[0]}; QTinker loads safetensors only: re-save the model with "
                            "save_pretrained() or quantize it again")
@@ -116,7 +123,25 @@ def load_model(path: str | Path, device: str = "cpu"):
             raise QTinkerError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc)[:200]}); "
                                "the folder is corrupt or incomplete, download or re-create it") from exc
         return model.to(device).eval(), tokenizer
-    return _load_quantized(path, marker, auto, device), tokenizer
+    if marker.get("format") == "onnx":
+        from qtinker.onnx_export import OnnxClassifier
+
+        return OnnxClassifier(path / ONNX_FILE, transformers.AutoConfig.from_pretrained(path)), tokenizer
+    if marker.get("weights") == QUANTIZED_WEIGHTS:
+        return _load_quantized(path, marker, auto, device), tokenizer
+    if marker.get("load_device") == "cuda" and not str(device).startswith("cuda"):
+        raise QTinkerError(f"{path}: {marker.get('scheme')} weights load on CUDA only (TorchAO int4 packing is "
+                           "device-specific); load it with device='cuda' on a GPU machine")
+    try:  # transformers' own TorchAO loader (config.json's quantization_config); int4 straight onto the GPU
+        import torch
+
+        model = auto.from_pretrained(path, trust_remote_code=False, use_safetensors=True,
+                                     dtype=getattr(torch, marker.get("dtype", "float32")),
+                                     device_map=str(device) if str(device).startswith("cuda") else None)
+    except Exception as exc:
+        raise QTinkerError(f"{path}: cannot load the quantized model ({type(exc).__name__}: {str(exc)[:200]}); "
+                           "torchao >= 0.18 must be installed; otherwise quantize the model again") from exc
+    return model.to(device).eval(), tokenizer
 
 
 def _load_quantized(path: Path, marker: dict, auto, device: str):
@@ -153,8 +178,10 @@ def _load_quantized(path: Path, marker: dict, auto, device: str):
 
 
 # ---------------------------------------------------------------- save (quantized)
-def save_quantized(model, tokenizer, folder: Path, marker: dict) -> Path:
-    """config.json + tokenizer + quantized_model.safetensors + quantization.json into folder."""
+def save_quantized(model, tokenizer, folder: Path, marker: dict, quantization_config) -> Path:
+    """config.json (with transformers' TorchAoConfig) + tokenizer + model.safetensors + quantization.json.
+    The weights are flattened by hand (transformers' own save_pretrained refuses TorchAO tensors quantized
+    outside from_pretrained), in the layout its TorchAO loader reads back."""
     from safetensors.torch import save_file
 
     from qtinker.quantize import state_dict_to_safetensors
@@ -172,10 +199,12 @@ def save_quantized(model, tokenizer, folder: Path, marker: dict) -> Path:
     state = {k: v for k, v in model.state_dict().items() if k not in aliases}
     tensors, metadata = state_dict_to_safetensors(state)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    save_file(tensors, folder / QUANTIZED_WEIGHTS, metadata={**metadata, "format": "pt"})
-    model.config.save_pretrained(folder)
+    save_file(tensors, folder / "model.safetensors", metadata={**metadata, "format": "pt"})
+    config = copy.deepcopy(model.config)
+    config.quantization_config = quantization_config
+    config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    write_json(folder / MARKER, {**marker, "weights": QUANTIZED_WEIGHTS, "aliases": aliases})
+    write_json(folder / MARKER, {**marker, "weights": "model.safetensors", "aliases": aliases})
     return folder
 
 
@@ -196,7 +225,8 @@ def render_model_card(folder: Path) -> str:
         if (folder / name).is_file():
             run.update({k: v for k, v in read_json(folder / name).items() if isinstance(v, (str, int, float, list))})
     lines = [CARD_TAG, f"# {folder.name}", ""]
-    kind = f"TorchAO {marker['scheme']} quantized" if marker else "float"
+    kind = (f"ONNX Runtime ({marker['scheme']})" if marker and marker.get("format") == "onnx"
+            else f"TorchAO {marker['scheme']} quantized" if marker else "float")
     lines += [f"A {config.get('num_hidden_layers', '?')}-layer, {config.get('hidden_size', '?')}-wide "
               f"{config.get('model_type')} ({', '.join(config.get('architectures') or ['encoder'])}), {kind}.", "",
               "## Model", ""]
@@ -209,7 +239,12 @@ def render_model_card(folder: Path) -> str:
     lines.append(f"- layers / hidden / heads: {config.get('num_hidden_layers')} / {config.get('hidden_size')} / "
                  f"{config.get('num_attention_heads')}")
     lines += ["", "## Quantization", ""]
-    if marker:
+    if marker and marker.get("format") == "onnx":
+        lines += [f"- scheme: `{marker['scheme']}`: `{ONNX_FILE}`, opset {marker.get('opset')}, runs on CPU with onnxruntime "
+                  "(no torch needed)",
+                  "- fused operators: " + ", ".join(f"{k} {v}" for k, v in (marker.get("fused_operators") or {}).items()),
+                  f"- versions: onnxruntime {marker.get('onnxruntime')}, exported with torch {marker.get('torch')}"]
+    elif marker:
         lines += [f"- scheme: `{marker['scheme']}` (embeddings: {marker.get('embeddings')}, dtype {marker.get('dtype')})",
                   f"- loads on: {marker.get('load_device')}; quantized on {marker.get('quantized_on')}",
                   f"- versions: torch {marker.get('torch')}, torchao {marker.get('torchao')}, "
@@ -226,12 +261,22 @@ def render_model_card(folder: Path) -> str:
         lines += [f"| {k} | {v} |" for k, v in _flatten(read_json(path))]
         lines.append("")
     lines += ["", "## How to load", "", "In plain Python (run inside the unzipped folder, or change `folder`):", "",
-              "```python", load_snippet(config, marker), "```", "",
-              "With QTinker installed: `model, tokenizer = qtinker.load(folder)`.", ""]
+              "```python", load_snippet(config, marker), "```", ""]
+    if marker and marker.get("format") != "onnx" and marker.get("weights") != QUANTIZED_WEIGHTS:
+        lines += ["TorchAO's int8 speed on CPU comes with `torch.compile` and Inductor freezing (settings are not "
+                  "saved with the model, so apply them after loading):", "", "```python",
+                  "import torch._inductor.config", "import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  "
+                  "# registers the x86 int8 fusions", "torch._inductor.config.freezing = True",
+                  "model = torch.compile(model)  # the first call per input shape compiles (tens of seconds)", "```", ""]
+    lines += ["With QTinker installed: `model, tokenizer = qtinker.load(folder)`.", ""]
     return "\n".join(lines)
 
 
 def load_snippet(config: dict, marker: dict | None) -> str:
+    if marker and marker.get("format") == "onnx":
+        return ONNX_SNIPPET
+    if marker and marker.get("weights") != QUANTIZED_WEIGHTS:
+        marker = None  # transformers' own TorchAO loader: the plain from_pretrained below (torchao installed)
     auto = auto_class_name(config)
     device = "cuda" if marker and marker.get("load_device") == "cuda" else "cpu"
     lines = ["import torch"]
@@ -239,7 +284,7 @@ def load_snippet(config: dict, marker: dict | None) -> str:
         lines += ["import torchao  # registers TorchAO's tensor types",
                   "from safetensors import safe_open",
                   "from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict"]
-    lines += [f"from transformers import AutoConfig, AutoTokenizer, {auto}", "", 'folder = "."', "",
+    lines += [f"from transformers import {'AutoConfig, ' if marker else ''}AutoTokenizer, {auto}", "", 'folder = "."', "",
               "tokenizer = AutoTokenizer.from_pretrained(folder)"]
     if marker:
         lines += [f"model = {auto}.from_config(AutoConfig.from_pretrained(folder)).to(torch.{marker.get('dtype', 'float32')})",
@@ -256,6 +301,31 @@ def load_snippet(config: dict, marker: dict | None) -> str:
     lines += [f'inputs = tokenizer(["an example sentence"], return_tensors="pt").to("{device}")',
               "with torch.inference_mode():", f"    print(model(**inputs).{out})"]
     return "\n".join(lines)
+
+
+ONNX_SNIPPET = """import json
+
+import numpy as np
+import onnxruntime
+from tokenizers import Tokenizer
+
+folder = "."
+
+config = json.load(open(f"{folder}/config.json"))
+tokenizer = Tokenizer.from_file(f"{folder}/tokenizer.json")
+tokenizer.enable_truncation(max_length=128)
+tokenizer.enable_padding(pad_id=config.get("pad_token_id") or 0)
+session = onnxruntime.InferenceSession(f"{folder}/model.onnx", providers=["CPUExecutionProvider"])
+
+encodings = tokenizer.encode_batch(["an example sentence"])
+inputs = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+          "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+          "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+names = [i.name for i in session.get_inputs()]
+logits = session.run(["logits"], {k: v for k, v in inputs.items() if k in names})[0]
+print(logits.tolist())
+labels = config.get("id2label") or {}
+print([labels.get(str(i), f"LABEL_{i}") for i in logits.argmax(-1)])"""
 
 
 def _flatten(value, prefix=""):

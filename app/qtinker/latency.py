@@ -34,14 +34,28 @@ def compiled(model: torch.nn.Module):
     return torch.compile(model, dynamic=False)
 
 
-def compile_context():
-    """Inductor settings for inference: freezing (needs no_grad / inference_mode)."""
+def register_x86_int8_fusions() -> bool:
+    """Register TorchAO's x86 Inductor passes (int8 weight packing, quantize/dequantize lowerings).
+    Without them Inductor leaves `_int_mm -> mul -> mul` as separate kernels; with them and freezing,
+    the int8 linear becomes one oneDNN `qlinear_pointwise` call (checked in the generated code, see
+    ../shared/notes/deploy.md). Registration happens at import (pytorch/ao#4823 would make it automatic)."""
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+    except Exception:  # no torchao, or an inductor it does not support: compile still works, unfused
+        return False
+    return True
+
+
+def compile_context(device: str = "cpu"):
+    """Inductor settings for inference: freezing (needs no_grad / inference_mode), and on CPU
+    TorchAO's int8 fusion patterns. Freezing is not saved with a model: apply it again after loading."""
     try:
         import torch._inductor.config as inductor_config
-
-        return inductor_config.patch(freezing=True)
     except Exception:  # an inductor without this knob still compiles, only slower
         return contextlib.nullcontext()
+    if not str(device).startswith("cuda"):
+        register_x86_int8_fusions()
+    return inductor_config.patch(freezing=True)
 
 
 def measure_latency(model, vocab_size: int, batch: int, seq: int = 128, iters: int = 10, warmup: int = 2,

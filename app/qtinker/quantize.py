@@ -27,13 +27,23 @@ import torch
 from qtinker.config import add_arguments, from_args, option, save_config
 from qtinker.errors import QTinkerError
 from qtinker.events import Events
+from qtinker.measure import measure_model as _measure
+from qtinker.measure import output_cosine as _output_cosine
+from qtinker.measure import public as _public
+from qtinker.measure import ratios as _ratios
+from qtinker.measure import warn_on_accuracy_loss, weights_bytes  # noqa: F401  (weights_bytes: bench's import)
 
 SCHEMES = {
     "int8-dynamic": "int8 weights and int8 activations quantized on the fly (TorchAO Int8DynamicActivationInt8WeightConfig). "
                     "CPU and CUDA; fastest on CPU with torch.compile.",
     "int8-weight": "int8 weights, float activations (Int8WeightOnlyConfig). CPU and CUDA; saves memory, little speedup.",
     "int4-weight": "int4 weights in groups, bf16 activations (Int4WeightOnlyConfig). CUDA only (compute capability >= 8.0).",
+    "onnx": "ONNX Runtime float32 with BERT operator fusion; runs with onnxruntime + tokenizers + numpy, no torch. "
+            "Classifiers only.",
+    "onnx-int8": "ONNX Runtime int8 (dynamic, per-channel weights, embeddings included): fast on CPU without compiling, "
+                 "no torch needed to run it. Classifiers only.",
 }
+ONNX_SCHEMES = ("onnx", "onnx-int8")
 HEAD_NAMES = ("classifier", "qa_outputs")  # task heads: a few outputs, kept in full precision by default
 
 
@@ -96,6 +106,13 @@ def state_dict_from_safetensors(tensors: dict, metadata: dict) -> dict:
 def available_schemes() -> dict[str, str | None]:
     """scheme -> None if it runs on this machine, else the reason (the UI greys it out)."""
     result: dict[str, str | None] = {"int8-dynamic": None, "int8-weight": None, "int4-weight": None}
+    try:
+        from qtinker.onnx_export import import_onnxruntime
+
+        import_onnxruntime()
+        result.update({s: None for s in ONNX_SCHEMES})
+    except QTinkerError as exc:
+        result.update({s: str(exc) for s in ONNX_SCHEMES})
     if not torch.cuda.is_available():
         result["int4-weight"] = ("int4-weight needs a CUDA GPU (TorchAO's int4 kernels are CUDA-only; its CPU int4 is a "
                                  "prototype whose weights cannot be saved as safetensors); on this machine use int8-dynamic "
@@ -112,6 +129,11 @@ def config_device(config: QuantizeConfig) -> str:
 
 
 def _pick_device(config: QuantizeConfig) -> str:
+    if config.scheme in ONNX_SCHEMES:
+        if config.device == "cuda":
+            raise QTinkerError(f"--scheme {config.scheme} --device cuda: QTinker's ONNX formats run on CPU "
+                               "(CPUExecutionProvider); use --device cpu or auto")
+        return "cpu"
     if config.device == "cuda" and not torch.cuda.is_available():
         raise QTinkerError("--device cuda: no CUDA GPU is visible here; use --device cpu (or auto)")
     if config.device == "auto":
@@ -187,15 +209,33 @@ def _torchao_config(action: str, config: QuantizeConfig):
     raise ValueError(action)
 
 
-def apply_plan(model: torch.nn.Module, plans: list[LayerPlan], config: QuantizeConfig) -> torch.nn.Module:
-    """quantize_ in place with one FqnToConfig, then re-tie output layers to their int8 embedding."""
+def fqn_config(plans: list[LayerPlan], config: QuantizeConfig):
+    """The plan as one TorchAO FqnToConfig (layer name -> config); None when nothing is quantized."""
     import_torchao()
-    from torchao.quantization import FqnToConfig, quantize_
+    from torchao.quantization import FqnToConfig
 
     mapping = {p.name: _torchao_config(p.action, config) for p in plans if p.action not in ("float", "tied")}
-    if mapping:
+    return FqnToConfig(mapping) if mapping else None
+
+
+def transformers_config(plans: list[LayerPlan], config: QuantizeConfig):
+    """transformers' TorchAoConfig for the plan: written into config.json, it makes plain
+    `from_pretrained(DIR)` rebuild the TorchAO tensors from model.safetensors."""
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(quant_type=fqn_config(plans, config),
+                         modules_to_not_convert=[p.name for p in plans if p.action == "float"] or None,
+                         include_input_output_embeddings=config.embeddings == "int8")
+
+
+def apply_plan(model: torch.nn.Module, plans: list[LayerPlan], config: QuantizeConfig) -> torch.nn.Module:
+    """quantize_ in place with one FqnToConfig, then re-tie output layers to their int8 embedding."""
+    from torchao.quantization import quantize_
+
+    fqn = fqn_config(plans, config)
+    if fqn is not None:
         # filter_fn=None is required with FqnToConfig (the default Linear filter conflicts with it).
-        quantize_(model, FqnToConfig(mapping), filter_fn=None)
+        quantize_(model, fqn, filter_fn=None)
     for source, target in tied_pairs(plans):
         _set_param(model, target, _get_module(model, source).weight)
     return model
@@ -213,23 +253,6 @@ def _get_module(model, name):
 def _set_param(model, module_name, weight):
     module = _get_module(model, module_name)
     module.weight = weight if isinstance(weight, torch.nn.Parameter) else torch.nn.Parameter(weight, requires_grad=False)
-
-
-def weights_bytes(model: torch.nn.Module, include_embeddings: bool = True) -> int:
-    """Bytes of all parameters (shared ones once); TorchAO subclasses count their inner tensors."""
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    total = 0
-    for param in model.parameters():  # deduplicated: a tied weight counts once
-        if not include_embeddings and id(param) in embedding_params:
-            continue
-        total += _tensor_bytes(param)
-    return total
-
-
-def _tensor_bytes(tensor) -> int:
-    if hasattr(tensor, "__tensor_flatten__") and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
-        return sum(_tensor_bytes(getattr(tensor, n)) for n in tensor.__tensor_flatten__()[0] if getattr(tensor, n) is not None)
-    return tensor.numel() * tensor.element_size()
 
 
 # ---------------------------------------------------------------- the run
@@ -265,10 +288,18 @@ def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
         raise QTinkerError(f"{source}: is already quantized; quantize the float model it came from")
     dtype = torch.bfloat16 if config.scheme == "int4-weight" else torch.float32
     model = model.to(device=device, dtype=dtype).eval()
+    if config.scheme in ONNX_SCHEMES:
+        from qtinker.onnx_export import check_exportable
+
+        check_exportable(model)  # before minutes of measuring
 
     # --- before
     events.log(f"measuring the float model on {device} ({torch.get_num_threads()} threads)")
     before = _measure(model, tokenizer, data, config, device, events, "before")
+    if config.scheme in ONNX_SCHEMES:  # export, fuse, (int8), measure, save: same gate, other runtime
+        from qtinker.onnx_export import quantize_to_onnx
+
+        return quantize_to_onnx(config, source, out, model, tokenizer, data, before, events)
 
     # --- quantize
     plans = plan_layers(model, config)
@@ -296,28 +327,24 @@ def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
             "skipped_layers": skipped, "tied": [list(p) for p in tied_pairs(plans)],
             "layers": {p.name: p.action for p in plans},
         }
-        export.save_quantized(quantized, tokenizer, tmp, marker)
+        export.save_quantized(quantized, tokenizer, tmp, marker, transformers_config(plans, config))
         reloaded, _ = export.load_model(tmp, device=device)
         reload_cosine = _output_cosine(quantized, reloaded, tokenizer, device)
         if reload_cosine < 0.999:
             raise QTinkerError(f"{out}: the saved model reloads with different outputs (cosine {reload_cosine:.4f}); "
                                "this is a bug, please report it with the model folder")
+        found = _ratios(before, after)
         metrics = {
             "scheme": config.scheme, "scheme_description": SCHEMES[config.scheme], "device": device,
             "threads": torch.get_num_threads(), "embeddings": config.embeddings,
             "before": _public(before), "after": _public(after),
-            "ratios": _ratios(before, after), "output_cosine": round(fidelity, 5),
+            "ratios": found, "output_cosine": round(fidelity, 5),
             "reload_output_cosine": round(reload_cosine, 6),
+            "accuracy_warning": warn_on_accuracy_loss(found, config.scheme, events),
             "skipped_layers": skipped, "quantized_layers": sum(p.action != "float" for p in plans),
             "versions": {"torch": torch.__version__, "torchao": torchao.__version__, "transformers": _transformers_version()},
         }
-        export.write_json(tmp / "metrics.json", metrics)
-        save_config(dataclasses.replace(config, model=str(source), out=str(out)), tmp / "quantize_config.json")
-        export.copy_source_records(source, tmp)
-        export.write_model_card(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        finish_folder(tmp, out, metrics, config, source)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -325,71 +352,18 @@ def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     return metrics
 
 
-def _measure(model, tokenizer, data, config, device, events, label, reference=None) -> dict:
-    from qtinker.latency import compile_context, compiled, measure_latency
+def finish_folder(tmp: Path, out: Path, metrics: dict, config: QuantizeConfig, source: Path) -> None:
+    """metrics.json, the run config, the source's records and the model card into the checked staging
+    folder, then move it into place (a previous OUT goes only now, under --overwrite)."""
+    from qtinker import export
 
-    result: dict = {"weights_bytes": weights_bytes(model), "weights_bytes_without_embeddings": weights_bytes(model, False)}
-    # a model with fewer than 128 positions is timed (and evaluated) at the length it can read
-    positions = getattr(model.config, "max_position_embeddings", None) or 128
-    seq, max_length = min(128, positions), min(config.max_length, positions)
-    if data is not None:
-        if type(model).__name__.endswith("ForSequenceClassification"):
-            from qtinker.evaluate import evaluate_model
-
-            scores = evaluate_model(model, tokenizer, data, max_length=max_length, device=device,
-                                    reference_predictions=reference)
-            result.update(scores)
-        else:
-            events.emit("warning", message="--eval-data given but the model has no classification head; accuracy skipped")
-    vocab = model.config.vocab_size
-    latency = {}
-    for batch in (1, 16):
-        latency[f"batch{batch}_eager_ms"] = measure_latency(model, vocab, batch, seq, config.latency_iters, device=device)["ms"]
-    if config.compile:
-        with compile_context():
-            fast = compiled(model)
-            for batch in (1, 16):
-                try:
-                    latency[f"batch{batch}_compiled_ms"] = measure_latency(fast, vocab, batch, seq, config.latency_iters,
-                                                                           device=device)["ms"]
-                except Exception as exc:  # compile needs a C++ compiler; eager figures still stand
-                    events.emit("warning", message=f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                                                   "compiled latency not measured")
-                    break
-        torch._dynamo.reset()
-    result["latency"] = {**latency, "seq": seq, "threads": torch.get_num_threads(), "iters": config.latency_iters}
-    events.emit("eval", stage=label, **{k: v for k, v in result.items() if k != "predictions"})
-    return result
-
-
-def _public(measured: dict) -> dict:
-    return {k: v for k, v in measured.items() if k != "predictions"}
-
-
-def _ratios(before: dict, after: dict) -> dict:
-    ratios = {"size": round(after["weights_bytes"] / before["weights_bytes"], 4),
-              "size_without_embeddings": round(after["weights_bytes_without_embeddings"]
-                                               / max(before["weights_bytes_without_embeddings"], 1), 4)}
-    for key, value in after["latency"].items():
-        if key.endswith("_ms") and before["latency"].get(key):
-            ratios["speedup_" + key[:-3]] = round(before["latency"][key] / value, 3)
-    if "accuracy" in after and "accuracy" in before:
-        ratios["accuracy_change_points"] = round((after["accuracy"] - before["accuracy"]) * 100, 2)
-    return ratios
-
-
-def _output_cosine(a, b, tokenizer, device) -> float:
-    """Mean cosine between two models' outputs (logits, or the last hidden state) on fixed sentences."""
-    texts = ["the king said unto them that the law is good", "she was not at the house when he came back",
-             "how much time do we have", "love and faith and grace"] * 2
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt").to(device)
-    with torch.inference_mode():
-        x, y = (_main_output(m(**enc)).float() for m in (a, b))
-    return torch.nn.functional.cosine_similarity(x.flatten(1), y.flatten(1)).mean().item()
-
-
-def _main_output(output):
-    return output.logits if getattr(output, "logits", None) is not None else output.last_hidden_state
+    export.write_json(tmp / "metrics.json", metrics)
+    save_config(dataclasses.replace(config, model=str(source), out=str(out)), tmp / "quantize_config.json")
+    export.copy_source_records(source, tmp)
+    export.write_model_card(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
 
 
 def _transformers_version() -> str:
@@ -446,6 +420,10 @@ def format_metrics(metrics: dict) -> str:
              f"output cosine vs float {metrics['output_cosine']:.4f}",
              f"{'':26}{'before':>14}{'after':>14}{'change':>18}"]
     lines += [f"{name:26}{x:>14}{y:>14}{z:>18}" for name, x, y, z in rows]
-    for layer in metrics["skipped_layers"]:
+    for layer in metrics.get("skipped_layers", []):
         lines.append(f"left in full precision: {layer['name']} ({layer['reason']})")
+    if metrics.get("fused_operators"):
+        lines.append("fused operators: " + ", ".join(f"{k} {v}" for k, v in metrics["fused_operators"].items() if v))
+    if metrics.get("accuracy_warning"):
+        lines.append("WARNING: " + metrics["accuracy_warning"])
     return "\n".join(lines)

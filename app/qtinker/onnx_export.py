@@ -1,0 +1,256 @@
+"""ONNX Runtime formats of a BERT classifier: export, fuse, quantize to int8, and run.
+
+The folder it leaves runs with `onnxruntime`, `tokenizers` and `numpy` alone (no torch):
+`model.onnx`, `tokenizer.json`, `config.json` (labels) and a model card.
+
+- Export: torch.onnx's legacy TorchScript exporter (`dynamo=False`, opset 17) with eager attention.
+  The dynamo graph of BERT does not get its attention fused by onnxruntime's transformer optimizer;
+  the legacy graph does (see ../shared/notes/deploy.md).
+- Fuse: `onnxruntime.transformers.optimizer.optimize_model(model_type="bert")` -> Attention,
+  SkipLayerNormalization, EmbedLayerNormalization, BiasGelu. The counts are reported, and a graph
+  whose attention did not fuse is flagged (it runs, only slower).
+- INT8: `quantize_dynamic`, signed int8 weights per output channel, embeddings included. On the
+  fused graph the quantizer's shape inference fails ("Unable to find data type for weight_name")
+  unless told that the default tensor type is float.
+
+This is the only module that imports onnx / onnxruntime, always lazily.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from qtinker.errors import QTinkerError
+
+ONNX_FILE = "model.onnx"
+OPSET = 17
+FUSED_OPS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu", "Gelu", "LayerNormalization")
+
+
+def import_onnxruntime():
+    """onnxruntime's one door: import it, or say how to install it."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError as exc:
+        raise QTinkerError(f"onnxruntime: cannot import it ({exc}); install it with "
+                           "`pip install onnxruntime==1.31.1 onnx==1.23.2 onnxscript==0.7.2`") from exc
+    return onnxruntime
+
+
+def check_exportable(model) -> None:
+    """Only sequence classifiers export: the folder's promise is `text -> label` without torch."""
+    name = type(model).__name__
+    if not name.endswith("ForSequenceClassification"):
+        raise QTinkerError(f"--scheme onnx: {name} has no sequence-classification head; ONNX export covers classifiers "
+                           "(distill or fine-tune one first, or use a TorchAO scheme such as int8-dynamic)")
+
+
+class _Logits(torch.nn.Module):
+    """Positional inputs in, logits out: the exporter's view of a Hugging Face classifier."""
+
+    def __init__(self, model, with_token_types: bool):
+        super().__init__()
+        self.model, self.with_token_types = model, with_token_types
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {"token_type_ids": token_type_ids} if self.with_token_types else {}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+
+def input_names(config) -> list[str]:
+    with_types = getattr(config, "type_vocab_size", 0) > 0 and config.model_type != "distilbert"
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if with_types else [])
+
+
+def export_onnx(model, path: Path) -> Path:
+    """Float model (eager attention) -> ONNX graph with dynamic batch and sequence axes."""
+    check_exportable(model)
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        model.set_attn_implementation("eager")  # sdpa exports as one opaque op the optimizer cannot fuse
+    names = input_names(model.config)
+    ids = torch.ones(2, 8, dtype=torch.long)
+    inputs = (ids, torch.ones_like(ids), torch.zeros_like(ids))[: len(names)]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    wrapper = _Logits(model.float().eval().cpu(), "token_type_ids" in names).eval()
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on Python-side shape checks: constant here, by design
+            torch.onnx.export(wrapper, inputs, str(path), input_names=names, output_names=["logits"],
+                              dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    except Exception as exc:
+        raise QTinkerError(f"ONNX export of {type(model).__name__} failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                           "use a TorchAO scheme for this model") from exc
+    return Path(path)
+
+
+def fuse(source: Path, dest: Path, num_heads: int, hidden_size: int) -> dict:
+    """onnxruntime's BERT fusions; returns the fused-operator counts."""
+    import_onnxruntime()
+    import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)  # per-fusion chatter
+    optimized = optimize_model(str(source), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    counts = optimized.get_fused_operator_statistics()
+    optimized.save_model_to_file(str(dest), use_external_data_format=False)
+    return {op: int(counts.get(op, 0)) for op in FUSED_OPS}
+
+
+def quantize_int8(source: Path, dest: Path) -> Path:
+    """Dynamic int8: signed weights per output channel (embeddings too), activations quantized per call."""
+    import_onnxruntime()
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # reduce_range is for CPUs without VNNI; accuracy is always measured against float by the caller.
+    import logging
+
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # "consider pre-processing": for static quantization, not ours
+    try:
+        quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
+    return Path(dest)
+
+
+def session(path: Path, threads: int | None = None):
+    """A CPU InferenceSession with all graph optimizations and a fixed thread count."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxClassifier:
+    """An ONNX session with the call shape of a Hugging Face classifier (`model(**enc).logits`), so that
+    evaluation and latency measure it exactly like the torch models."""
+
+    training = False
+
+    def __init__(self, path: Path, config, threads: int | None = None):
+        self.path, self.config = Path(path), config
+        self.session = session(path, threads)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, **inputs):
+        import numpy as np
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        feed = {k: np.ascontiguousarray(inputs[k].cpu().numpy(), dtype=np.int64) for k in self.inputs}
+        if "token_type_ids" in self.inputs and "token_type_ids" not in inputs:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        return SequenceClassifierOutput(logits=torch.from_numpy(self.session.run(["logits"], feed)[0]))
+
+    __call__ = forward
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+
+def initializer_bytes(path: Path, include_embeddings: bool = True) -> int:
+    """Bytes of the graph's weights; embeddings = the tables its (Q)EmbedLayerNormalization reads
+    (gamma and beta included: a few hundred bytes)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    embedding_inputs = {name for node in graph.node if node.op_type.endswith("EmbedLayerNormalization")
+                        for name in node.input} if not include_embeddings else set()
+    return sum(numpy_helper.to_array(t).nbytes for t in graph.initializer if t.name not in embedding_inputs)
+
+
+# ---------------------------------------------------------------- the run (from qtinker.quantize)
+
+def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, before: dict, events) -> dict:
+    """Export -> fuse -> (int8) -> measure on the same data as `before` -> save the folder in a staging
+    dir -> reopen it in a new session and check it matches -> metrics.json + card -> move into place."""
+    import os
+    import shutil
+    import tempfile
+
+    import transformers
+
+    from qtinker import export
+    from qtinker.measure import measure_model, output_cosine, public, ratios, warn_on_accuracy_loss
+    from qtinker.quantize import SCHEMES, finish_folder
+
+    ort = import_onnxruntime()
+    int8 = config.scheme == "onnx-int8"
+    hf = model.config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        # --- export a fresh float copy with eager attention (the graph onnxruntime can fuse)
+        eager = type(model).from_pretrained(source, attn_implementation="eager", use_safetensors=True).eval()
+        events.log(f"exporting to ONNX (opset {OPSET}, legacy exporter, eager attention)")
+        export_onnx(eager, tmp / "exported.onnx")
+        counts = fuse(tmp / "exported.onnx", tmp / "fused.onnx", hf.num_attention_heads, hf.hidden_size)
+        events.emit("log", message="fused operators: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v),
+                    fused_operators=counts)
+        if counts["Attention"] < hf.num_hidden_layers:
+            events.emit("warning", message=f"attention fused in {counts['Attention']} of {hf.num_hidden_layers} layers; "
+                                           "the model runs, but slower than a fully fused graph")
+        if int8:
+            quantize_int8(tmp / "fused.onnx", tmp / ONNX_FILE)
+        else:
+            os.replace(tmp / "fused.onnx", tmp / ONNX_FILE)
+        for name in ("exported.onnx", "fused.onnx"):
+            (tmp / name).unlink(missing_ok=True)
+
+        # --- after: the session as a user runs it (no compile step exists for ONNX Runtime)
+        threads = torch.get_num_threads()
+        onnx_model = OnnxClassifier(tmp / ONNX_FILE, hf, threads)
+        after = measure_model(onnx_model, tokenizer, data, config, "cpu", events, "after",
+                              reference=before.get("predictions"))
+        fidelity = output_cosine(model, onnx_model, tokenizer, "cpu")
+
+        # --- the folder: config.json (labels), tokenizer.json, model.onnx; reopened and checked
+        hf.save_pretrained(tmp)
+        saved = export.read_json(tmp / "config.json")
+        if "id2label" not in saved:  # transformers leaves default labels out; the torch-free snippet reads them
+            saved["id2label"] = {str(i): name for i, name in hf.id2label.items()}
+            export.write_json(tmp / "config.json", saved)
+        tokenizer.save_pretrained(tmp)
+        if not (tmp / "tokenizer.json").exists():
+            raise QTinkerError(f"{source}: its tokenizer has no fast (tokenizers) version, so the ONNX folder could not "
+                               "get a tokenizer.json; use a TorchAO scheme for this model")
+        marker = {"scheme": config.scheme, "format": "onnx", "weights": ONNX_FILE, "runtime": "onnxruntime",
+                  "load_device": "cpu", "opset": OPSET, "fused_operators": counts, "source": source.name,
+                  "onnxruntime": ort.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+        export.write_json(tmp / export.MARKER, marker)
+        reloaded, _ = export.load_model(tmp)
+        reload_cosine = output_cosine(onnx_model, reloaded, tokenizer, "cpu")
+        if reload_cosine < 0.999:
+            raise QTinkerError(f"{out}: the saved ONNX model reloads with different outputs (cosine {reload_cosine:.4f}); "
+                               "this is a bug, please report it with the model folder")
+        found = ratios(before, after)
+        metrics = {
+            "scheme": config.scheme, "scheme_description": SCHEMES[config.scheme], "device": "cpu",
+            "runtime": "onnxruntime", "threads": threads, "before": public(before), "after": public(after),
+            "ratios": found, "output_cosine": round(fidelity, 5), "reload_output_cosine": round(reload_cosine, 6),
+            "accuracy_warning": warn_on_accuracy_loss(found, config.scheme, events),
+            "fused_operators": counts, "file_bytes": (tmp / ONNX_FILE).stat().st_size, "skipped_layers": [],
+            "note": "after.latency *_eager_ms = the ONNX Runtime session (nothing to compile)",
+            "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+        }
+        finish_folder(tmp, out, metrics, config, source)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    events.emit("done", result={k: metrics[k] for k in ("scheme", "ratios", "output_cosine")}, out=str(out))
+    return metrics
