@@ -137,6 +137,9 @@ def test_cached_and_live_teacher_give_the_same_student(setup):
 
 
 class StopAfter(Events):
+    """Stop is asked for after `steps` student steps (the student loop polls stop_requested once per step;
+    the stages before it use check_stop, left alone here)."""
+
     def __init__(self, path, steps):
         super().__init__(path, echo=False)
         self.calls, self.steps = 0, steps
@@ -144,6 +147,9 @@ class StopAfter(Events):
     def stop_requested(self) -> bool:
         self.calls += 1
         return self.calls > self.steps
+
+    def check_stop(self, message: str = "") -> None:
+        pass
 
 
 def test_stop_then_resume_equals_an_uninterrupted_run(setup):
@@ -169,6 +175,8 @@ def test_stop_file_stops_before_the_first_step(setup):
     (tmp / "STOP").write_text("")
     result = distill(config(), Events(tmp / "ev.jsonl", echo=False, stop_file=tmp / "STOP"))
     assert result["status"] == "stopped" and result["step"] == 0
+    assert "stopped while caching the teacher's outputs" in result["message"]  # the first stage with a loop
+    assert read_events(tmp / "ev.jsonl")[-1]["type"] == "stopped"
 
 
 def test_out_of_memory_halves_the_batch_and_finishes(setup, monkeypatch):

@@ -110,6 +110,39 @@ def test_half_written_cache_is_never_reused(tmp_path):
     assert [p.name for p in tc.root_dir().iterdir() if p.name.startswith(".tmp")] == []
 
 
+def test_parallel_runs_building_the_same_cache_do_not_clobber_each_other():
+    """A second run builds the same key while the first is midway: each writes its own temporary folder
+    (pid + token), the first to finish wins and the other uses its cache."""
+    calls, inner = [], []
+
+    def first_run(indices):
+        if not inner:  # the other run starts and finishes while this one is on its first batch
+            inner.append(tc.load_or_build("k5", N, SPECS, fake_teacher([]), batch_size=4))
+        return fake_teacher(calls)(indices)
+
+    cache = tc.load_or_build("k5", N, SPECS, first_run, batch_size=4)
+    assert sorted(calls) == list(range(N)) and cache.folder == inner[0].folder
+    assert cache.rows("logits", [9]).tolist() == [[9.0, -9.0, 4.5]]
+    assert [p.name for p in tc.root_dir().iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_leftovers_of_killed_runs_are_swept_live_ones_kept():
+    from qtinker.distributed import Context
+
+    a, b = tc._owner(Context()), tc._owner(Context())
+    assert a["pid"] == b["pid"] == os.getpid() and a["token"] != b["token"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folders = {}
+    for name, pid in (("dead", dead.pid), ("live", os.getpid()), ("starting", None)):
+        folders[name] = tc.root_dir() / f".tmp-k6-{name}"
+        folders[name].mkdir(parents=True)
+        if pid:
+            (folders[name] / "owner.json").write_text(json.dumps({**a, "pid": pid}))
+    assert tc.sweep_leftovers() == [folders["dead"]]
+    assert not folders["dead"].exists() and folders["live"].exists() and folders["starting"].exists()
+
+
 def test_damaged_or_mismatched_folder_is_rebuilt():
     calls = []
     tc.load_or_build("k3", N, SPECS, fake_teacher(calls))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -38,14 +37,15 @@ from typing import Callable
 
 import torch
 
-from qtinker import distributed, paths
+from qtinker import distributed, resume
 from qtinker.config import add_arguments, from_args, load_config, option, save_config
 from qtinker.errors import QTinkerError
-from qtinker.events import Events
+from qtinker.events import Events, Stopped, stoppable
 from qtinker.layers import (INIT_STRATEGIES, LAYER_MAPS, AttentionScores, HiddenProjection, LayerMatch, custom_map,
                             describe_map, last_map, pkd_map, qk_scores, uniform_map)
 from qtinker import losses
 from qtinker import students as st
+from qtinker.teacher_finetune import fine_tune_teacher
 
 METHODS = ("logit", "patient", "feature")
 
@@ -120,15 +120,35 @@ class DistillConfig:
     length_bucketing: bool = option(True, "Batch examples of similar length together (less padding).")
     early_stopping: int = option(0, "Stop after this many epochs without improvement (0: off).")
     checkpoint_every: int = option(0, "Also checkpoint every N optimizer steps (0: only each epoch and on stop).")
-    resume: bool = option(False, "Continue an interrupted run of the same --out from its last checkpoint.")
+    resume: bool = option(False, "Continue a stopped or interrupted run of the same --out from its last checkpoint. "
+                                 "Refused (naming what changed) if a setting, data file or model differs, except --epochs, "
+                                 "--device, caching and checkpoint options; a changed --epochs stretches the learning-rate "
+                                 "schedule, so only an unchanged one gives exactly the uninterrupted result.")
     overwrite: bool = option(False, "Replace an existing --out folder.")
     max_train_examples: int = option(0, "Use only the first N training examples (0: all).")
 
 
 # ================================================================ the run
 def distill(config: DistillConfig, events: Events | None = None) -> dict:
-    """Run one distillation; returns the metrics written to OUT/metrics.json ({"status": "stopped"} if stopped)."""
+    """Run one distillation; returns the metrics written to OUT/metrics.json ({"status": "stopped"} if stopped).
+
+    Stop is honoured in every stage; a full disk while saving ends as one line (QTinkerError)."""
     events = events or Events(echo=False)
+    try:
+        return _distill(config, events)
+    except Stopped as stop:  # a stage before the student loop (which stops by itself, keeping its checkpoint)
+        out = Path(config.out).expanduser().resolve()
+        message = f"{stop}; continue with --resume --out {out}"
+        events.emit("stopped", message=message)
+        return {"status": "stopped", "message": message, "out": str(out), "step": 0}  # no student step yet
+    except (OSError, RuntimeError) as exc:
+        error = resume.disk_full_error(exc, Path(config.out).expanduser().resolve().parent)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _distill(config: DistillConfig, events: Events) -> dict:
     check_config(config)
     device, amp_dtype = pick_device(config.device, config.precision)
     # ---- processes: under torchrun each rank joins the group (NCCL / gloo) and takes cuda:LOCAL_RANK
@@ -140,10 +160,13 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
     work = out.with_name(out.name + ".partial")
     checkpoint = work / "checkpoint" / "state.pt"
     distributed.on_main(lambda: prepare_output(out, work, checkpoint, config), ctx)
-    if distributed.any_rank(config.resume and not checkpoint.exists(), ctx):
+    if distributed.any_rank(config.resume and not checkpoint.parent.is_dir(), ctx):
         raise QTinkerError(f"--resume: {checkpoint} is not visible to every process; on several machines put --out "
                            "on a shared filesystem (or copy the .partial folder to the same path on each)")
     events.emit("start", command="distill", method=config.method, out=str(out), device=device)
+    # Stages before the student loop check Stop per batch; under torchrun a rank stopping alone would leave
+    # the others waiting in a collective, so there only the student loop (all ranks at once) stops.
+    stage_events = events if not ctx.distributed else Events(events.path, events.echo)
 
     # ---- data
     from qtinker.data import check_eval_labels, load_labelled, load_unlabelled, split_holdout
@@ -184,7 +207,7 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
             # one process fine-tunes and saves the teacher; the others load the saved folder
             teacher_path = str(distributed.on_main(lambda: fine_tune_teacher(
                 teacher_path, train, epochs=config.teacher_epochs, lr=config.teacher_lr, batch_size=config.batch_size,
-                max_length=config.max_length, device=device, seed=config.seed, events=events), ctx))
+                max_length=config.max_length, device=device, seed=config.seed, events=stage_events), ctx))
         teacher = st.load_classifier(teacher_path, num_labels, label_names, "teacher")
     teacher.to(device).eval().requires_grad_(False)
 
@@ -226,17 +249,17 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
         from qtinker.teacher_cache import build_for_distill
 
         cache = build_for_distill(teacher, teacher_path, examples, tokenizer.pad_token_id, matches, teacher_scores,
-                                  config, device, amp_dtype, events, ctx)
+                                  config, device, amp_dtype, stage_events, ctx)
     else:
         cache = TeacherCache.build(teacher, examples, tokenizer.pad_token_id, matches, teacher_scores,
-                                   config, device, amp_dtype, events)
+                                   config, device, amp_dtype, stage_events)
     cache_seconds = time.perf_counter() - cache_start
 
     # ---- teacher reference on the eval data
     if mlm:
-        teacher_eval = evaluate_mlm(teacher, None, tokenizer, eval_texts, config, device)
+        teacher_eval = evaluate_mlm(teacher, None, tokenizer, eval_texts, config, device, stage_events)
     else:
-        teacher_eval = evaluate(teacher, tokenizer, eval_data, config, device)
+        teacher_eval = evaluate(teacher, tokenizer, eval_data, config, device, events=stage_events)
     events.emit("eval", epoch=0, model="teacher", **public(teacher_eval))
 
     # ---- optimizer: the student AND the projection (a projection left out would never learn)
@@ -343,10 +366,14 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
         if stopped:
             break
         # ---- end of epoch: evaluate, keep the best student, maybe stop early
-        if mlm:
-            result = evaluate_mlm(student, teacher, tokenizer, eval_texts, config, device)
-        else:
-            result = evaluate(student, tokenizer, eval_data, config, device, teacher_eval["predictions"])
+        try:
+            if mlm:
+                result = evaluate_mlm(student, teacher, tokenizer, eval_texts, config, device, stage_events)
+            else:
+                result = evaluate(student, tokenizer, eval_data, config, device, teacher_eval["predictions"], stage_events)
+        except Stopped:  # every step of the epoch is done: the checkpoint says so, a resumed run evaluates first
+            stopped = True
+            break
         score = primary_score(task, result)
         state["history"].append({"epoch": epoch + 1, **public(result)})
         events.emit("eval", epoch=epoch + 1, model="student", **public(result))
@@ -401,15 +428,15 @@ def distill(config: DistillConfig, events: Events | None = None) -> dict:
     for key in ("accuracy", "macro_f1", "mse", "pearson", "mlm_accuracy"):
         if key in teacher_eval:
             metrics[f"teacher_{key}"], metrics[f"student_{key}"] = teacher_eval[key], best_eval.get(key)
-    if ctx.is_main:
-        shutil.rmtree(work / "checkpoint", ignore_errors=True)
-        shutil.rmtree(work / "best", ignore_errors=True)
+    if ctx.is_main:  # the checkpoint goes last: a full disk mid-save leaves the run resumable
         save_model_folder(work, best_model, tokenizer)
         (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         save_config(config, work / "run_config.json")
         from qtinker.modelcard import write_distill_card
 
         write_distill_card(work, metrics, config)
+        shutil.rmtree(work / "checkpoint", ignore_errors=True)
+        shutil.rmtree(work / "best", ignore_errors=True)
         publish(work, out, config.overwrite)
     events.emit("done", result={k: v for k, v in metrics.items() if k != "history"})
     return metrics
@@ -462,13 +489,14 @@ def prepare_output(out: Path, work: Path, checkpoint: Path, c: DistillConfig) ->
     """Results are built in OUT.partial and moved into place at the end; never overwrite silently."""
     if out.exists() and not c.overwrite:
         raise QTinkerError(f"--out: {out} already exists; choose another --out or pass --overwrite")
-    if c.resume and not checkpoint.exists():
+    if c.resume and not checkpoint.parent.is_dir():
         raise QTinkerError(f"--resume: {work} holds no checkpoint to continue; run without --resume")
     if work.exists() and not c.resume:
         if checkpoint.exists():
             raise QTinkerError(f"--out: {work} holds an interrupted run; continue it with --resume or delete that folder")
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    resume.record_or_check(c, checkpoint.parent, work)  # what --resume compares against
 
 
 def publish(work: Path, out: Path, overwrite: bool) -> None:
@@ -661,7 +689,7 @@ class TeacherCache:
         order = sorted(range(n), key=lambda i: len(examples[i]["input_ids"]))
         labels = [0] * n
         with torch.inference_mode():
-            for start in range(0, n, 64):
+            for start in stoppable(range(0, n, 64), events, "stopped while caching the teacher's outputs"):
                 ids = order[start:start + 64]
                 batch = collate(examples, labels, ids, pad_id, dataclasses.replace(c, length_bucketing=True), device)
                 with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -761,24 +789,25 @@ def compute_loss(c: DistillConfig, task: str, student, teacher, projection, matc
 
 
 # ---------------------------------------------------------------- evaluation
-def evaluate(model, tokenizer, data, c: DistillConfig, device: str, reference=None) -> dict:
+def evaluate(model, tokenizer, data, c: DistillConfig, device: str, reference=None, events: Events | None = None) -> dict:
     from qtinker.evaluate import evaluate_model
 
     was_training = model.training
     result = evaluate_model(model, tokenizer, data, batch_size=64, max_length=c.max_length, device=device,
-                            reference_predictions=reference)
+                            reference_predictions=reference, events=events)
     model.train(was_training)
     return result
 
 
-def evaluate_mlm(model, teacher, tokenizer, texts: list[str], c: DistillConfig, device: str) -> dict:
+def evaluate_mlm(model, teacher, tokenizer, texts: list[str], c: DistillConfig, device: str,
+                 events: Events | None = None) -> dict:
     """Masked-token accuracy on held-out text (fixed masks), and top-1 agreement with the teacher."""
     was_training = model.training
     model.eval()
     examples = encode(tokenizer, texts, None, c.max_length)
     right = agree = total = 0
     with torch.inference_mode():
-        for b, start in enumerate(range(0, len(examples), 64)):
+        for b, start in enumerate(stoppable(range(0, len(examples), 64), events, "stopped during evaluation")):
             ids = list(range(start, min(start + 64, len(examples))))
             batch = collate(examples, [-100] * len(examples), ids, tokenizer.pad_token_id,
                             dataclasses.replace(c, length_bucketing=True), device)
@@ -836,8 +865,11 @@ def save_checkpoint(path: Path, state: dict, student, projection, optimizer, sch
                "torch_rng": torch.get_rng_state(), "python_rng": json.dumps(random.getstate()),
                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:  # a full disk mid-write: the previous checkpoint stays, the torn one goes
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, student, projection, optimizer, scheduler, scaler,
@@ -860,62 +892,6 @@ def load_checkpoint(path: Path, student, projection, optimizer, scheduler, scale
     if "rank_rng" in payload:  # this rank's own stream (dropout differs per rank)
         distributed.set_rng_state(payload["rank_rng"][ctx.rank], ctx)
     return json.loads(payload["state"])
-
-
-# ================================================================ teacher fine-tuning
-def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs: int = 3, lr: float = 5e-5,
-                      batch_size: int = 32, max_length: int = 128, device: str = "cpu", seed: int = 42,
-                      events: Events | None = None) -> Path:
-    """Give a teacher without a task head one: fine-tune it on `data` (LabelledData) and save it.
-
-    Default `out`: outputs_dir()/teachers/<teacher-name>-<hash of teacher, data and settings>/, reused
-    when the same teacher, data and settings come again.
-    """
-    events = events or Events(echo=False)
-    teacher_path = st.resolve_model(teacher, "teacher")
-    key = hashlib.sha256(json.dumps([str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,
-                                     data.texts, data.text_pairs, data.labels, data.label_names, epochs, lr, batch_size,
-                                     max_length, seed]).encode()).hexdigest()[:12]
-    out = Path(out) if out else paths.outputs_dir() / "teachers" / f"{Path(teacher_path).name}-{key}"
-    if (out / "config.json").exists():
-        events.log(f"teacher: reusing the fine-tuned {out}")
-        return out
-    events.log(f"teacher: {teacher_path} has no head for these {data.num_labels} labels; fine-tuning it for {epochs} epochs")
-    tokenizer = st.load_tokenizer(teacher_path, "teacher")
-    torch.manual_seed(seed)
-    model = st.load_classifier(teacher_path, data.num_labels, data.label_names, "teacher").to(device).train()
-    examples = encode(tokenizer, data.texts, data.text_pairs, max_length)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    total = math.ceil(len(examples) / batch_size) * epochs
-    scheduler = linear_schedule(optimizer, total // 10, total)
-    c = DistillConfig(max_length=max_length)
-    step = 0
-    for epoch in range(epochs):
-        for ids in batch_order([len(e["input_ids"]) for e in examples], batch_size, seed, epoch, True):
-            batch = collate(examples, data.labels, ids, tokenizer.pad_token_id, c, device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           token_type_ids=batch["token_type_ids"]).logits
-            if data.task == "regression":
-                loss = losses.regression_mse(logits, batch["labels"])
-            else:
-                loss = losses.hard_ce(logits, batch["labels"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if step % 20 == 0 or step == total:
-                events.emit("progress", stage="teacher", step=step, total_steps=total, epoch=epoch + 1, epochs=epochs,
-                            loss=round(float(loss.detach()), 5))
-    work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    save_model_folder(work, model.cpu(), tokenizer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
-    return out
 
 
 # ================================================================ CLI

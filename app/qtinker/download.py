@@ -104,8 +104,8 @@ def fetch(url: str, part: Path, events=None, space_needed=None, server_hash: dic
                         f.write(chunk)
                         done += len(chunk)
                         made_progress = True
-                        if events and events.stop_requested():
-                            raise QTinkerError(f"{url}: stopped at byte {done} of {total}; run the command again to resume")
+                        if events:  # Stopped is a QTinkerError: the .part file stays for the next run
+                            events.check_stop(f"{url}: stopped at byte {done} of {total}; run the command again to resume")
                         if time.monotonic() - last > 1.0:
                             _progress(events, done, total, started, start)
                             last = time.monotonic()
@@ -389,7 +389,7 @@ def configure_download(parser: argparse.ArgumentParser) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from qtinker.events import Events
+    from qtinker.events import Events, Stopped
 
     if args.url and (not args.name or args.model):
         raise QTinkerError("--url: pass --name NAME (the folder to create under the models dir) and no catalog NAME")
@@ -402,7 +402,7 @@ def run_download(args: argparse.Namespace) -> int:
         else:
             path = download_model(args.model, args.source, args.models_dir, events)
     except QTinkerError as exc:
-        Events(args.events, echo=False).emit("error", message=str(exc))  # the CLI prints the line itself
+        Events(args.events, echo=False).emit("stopped" if isinstance(exc, Stopped) else "error", message=str(exc))
         raise
     print(path, file=sys.stdout)
     return 0

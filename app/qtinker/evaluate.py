@@ -85,9 +85,12 @@ def _forward_keys(model: Any) -> set[str] | None:
 
 
 def predict_logits(model: Any, tokenizer: Any, data: LabelledData | list[str], batch_size: int = 32,
-                   max_length: int = 128, device: str = "cpu"):
-    """Logits for every example in data order, a float32 CPU tensor [n, num_logits]; no grad, eval mode."""
+                   max_length: int = 128, device: str = "cpu", events: Any = None):
+    """Logits for every example in data order, a float32 CPU tensor [n, num_logits]; no grad, eval mode.
+    With `events` (qtinker.events.Events) a stop request raises events.Stopped between batches."""
     import torch
+
+    from qtinker.events import stoppable
 
     keys = _forward_keys(model)
     was_training = getattr(model, "training", False)
@@ -95,7 +98,7 @@ def predict_logits(model: Any, tokenizer: Any, data: LabelledData | list[str], b
     out = []
     try:
         with torch.inference_mode():
-            for batch in batches(data, tokenizer, batch_size, max_length):
+            for batch in stoppable(batches(data, tokenizer, batch_size, max_length), events, "stopped during evaluation"):
                 inputs = {k: v.to(device) for k, v in batch.items()
                           if k not in ("labels", "index") and (keys is None or k in keys)}
                 out.append(model(**inputs).logits.float().cpu())
@@ -105,20 +108,21 @@ def predict_logits(model: Any, tokenizer: Any, data: LabelledData | list[str], b
 
 
 def evaluate_model(model: Any, tokenizer: Any, data: LabelledData, batch_size: int = 32, max_length: int = 128,
-                   device: str = "cpu", reference_predictions: list | None = None) -> dict:
+                   device: str = "cpu", reference_predictions: list | None = None, events: Any = None) -> dict:
     """Score a model on labelled data.
 
     classification: accuracy, macro_f1, n, predictions (argmax logit index per example, i.e. the model's
     class ids; `label_names` gives their names), label_match (how data labels were matched to logits).
     regression: mse, pearson, n, predictions (floats). With reference_predictions (e.g. the teacher's,
     same kind): agreement = fraction of predictions equal to them (regression: their Pearson correlation).
+    With `events`, Stop is honoured between batches (events.Stopped).
     """
     if len(data) == 0:
         raise QTinkerError(f"{data.source}: no examples to evaluate")
     if reference_predictions is not None and len(reference_predictions) != len(data):
         raise QTinkerError(f"reference predictions cover {len(reference_predictions)} examples but {data.source} "
                            f"has {len(data)}; compute them on the same data")
-    logits = predict_logits(model, tokenizer, data, batch_size, max_length, device)
+    logits = predict_logits(model, tokenizer, data, batch_size, max_length, device, events)
     num_logits = logits.shape[1]
     result: dict[str, Any] = {"task": data.task, "n": len(data)}
     if data.task == "regression":

@@ -7,7 +7,13 @@ file and a stop file, and the UI reads the file to show live state. One event pe
     {"type": "progress", "time": 1732850000.1, "step": 10, "total": 300, ...}
 
 Types used: "start", "progress", "eval", "log", "warning", "done" (with the result),
-"error" (with a one-line message). A run that ends without "done" did not succeed.
+"stopped" (the user's Stop was honoured), "error" (with a one-line message). A run that ends
+without "done" did not succeed.
+
+Stop: every long loop (teacher fine-tuning, teacher-output cache, evaluation, the student loop,
+latency measurements, downloads) checks the stop file once per batch / step / chunk through
+`Events.check_stop()` or `stoppable(...)`, so Stop takes effect within about one step. It raises
+`Stopped`, which the run's top level turns into a clean "stopped" end that keeps what can be resumed.
 """
 
 from __future__ import annotations
@@ -16,7 +22,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator, TypeVar
+
+from qtinker.errors import QTinkerError
+
+T = TypeVar("T")
+
+
+class Stopped(QTinkerError):
+    """The user asked the run to stop (the stop file exists). A QTinkerError, so anything that does not
+    handle it ends as one line; runs that can continue later catch it at their top level."""
 
 
 class Events:
@@ -32,8 +47,11 @@ class Events:
     def emit(self, type: str, **fields: Any) -> None:
         event = {"type": type, "time": round(time.time(), 3), **fields}
         if self.path:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(event, default=str) + "\n")
+            try:
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(event, default=str) + "\n")
+            except OSError:  # a full disk must not turn the run's one-line error into a traceback here
+                pass
         if self.echo:
             print(_human(event), file=sys.stderr, flush=True)
 
@@ -43,6 +61,20 @@ class Events:
     def stop_requested(self) -> bool:
         """True once someone (the UI's Stop, a user) created the stop file."""
         return bool(self.stop_file and self.stop_file.exists())
+
+    def check_stop(self, message: str = "stopped on request") -> None:
+        """Raise `Stopped(message)` once a stop was requested (the run's top level emits the "stopped"
+        event, saying how to continue). A stat() per call: cheap enough for once per batch."""
+        if self.stop_requested():
+            raise Stopped(message)
+
+
+def stoppable(items: Iterable[T], events: "Events | None", message: str = "stopped on request") -> Iterator[T]:
+    """`items`, checking for a stop request before each one: `for batch in stoppable(batches, events): ...`."""
+    for item in items:
+        if events is not None:
+            events.check_stop(message)
+        yield item
 
 
 def read_events(path: str | Path) -> list[dict]:

@@ -26,7 +26,7 @@ import torch
 
 from qtinker.config import add_arguments, from_args, option, save_config
 from qtinker.errors import QTinkerError
-from qtinker.events import Events
+from qtinker.events import Events, Stopped
 from qtinker.measure import measure_model as _measure
 from qtinker.measure import output_cosine as _output_cosine
 from qtinker.measure import public as _public
@@ -378,7 +378,7 @@ def configure_quantize(parser) -> None:
     parser.add_argument("model", help=QuantizeConfig.__dataclass_fields__["model"].metadata["help"])
     add_arguments(parser, QuantizeConfig, skip=("model",))
     parser.add_argument("--events", default=None, help="Write progress events (JSON lines) to this file.")
-    parser.add_argument("--stop-file", default=None, help="Accepted for symmetry with other runs; quantization is short and not stoppable.")
+    parser.add_argument("--stop-file", default=None, help="Stop (nothing is written) once this file exists; checked between measurements.")
 
 
 def run_quantize(args) -> int:
@@ -390,7 +390,7 @@ def run_quantize(args) -> int:
     try:
         metrics = quantize(config, events)
     except QTinkerError as exc:
-        events.emit("error", message=str(exc))
+        events.emit("stopped" if isinstance(exc, Stopped) else "error", message=str(exc))
         raise
     except Exception as exc:
         events.emit("error", message=f"{type(exc).__name__}: {exc}")

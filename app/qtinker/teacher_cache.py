@@ -10,7 +10,9 @@ The key is a hash of everything the rows depend on: the teacher's weights file(s
 config.json, the tokenized examples (ids, masks, in order), max_length, and which outputs
 are cached with their shapes and dtypes. Changing any of them gives a new key, so a stale
 cache is never read. A cache is built in a hidden temporary folder and renamed into place
-only when complete (meta.json written last), so a half-written cache is never reused.
+only when complete (meta.json written last), so a half-written cache is never reused. The temporary folder's name is unique per run (process id + random token), so
+parallel runs never write into each other's; folders left by killed runs are swept on the next build.
+A Stop request is honoured between batches (the temporary folder is removed).
 
 Under torchrun the processes of each machine split the rows between them (local rank r
 computes rows r, r+W, ...) and write them into one shared memory map, then local rank 0
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import time
@@ -227,42 +230,30 @@ def load_or_build(key: str, num_examples: int, specs: Sequence[OutputSpec], comp
     final = root_dir() / key
     log(f"teacher outputs: writing {_size(total)} for {num_examples} examples to {final}"
         + (f" ({describe})" if describe else ""), cache=str(final), bytes=total, reused=False)
-    # One temporary folder per machine: its ranks write into the same memory maps.
-    tmp = root_dir() / f".tmp-{key}-{socket.gethostname()}-{ctx.node_rank}"
+    owner = _owner(ctx)
+    tmp = root_dir() / f".tmp-{key}-{owner['host']}-{owner['pid']}-{owner['token']}"
     _check_free_space(root_dir(), total)
     if ctx.local_rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a run that crashed while writing
+        sweep_leftovers()
         tmp.mkdir(parents=True)
+        (tmp / "owner.json").write_text(json.dumps(owner), encoding="utf-8")
         for s in specs:
             np.lib.format.open_memmap(tmp / f"{s.name}.npy", mode="w+", dtype=DTYPES[s.dtype],
                                       shape=(num_examples, *s.shape)).flush()
     barrier(ctx)
-
-    arrays = {s.name: np.load(tmp / f"{s.name}.npy", mmap_mode="r+") for s in specs}
-    mine = list(order if order is not None else range(num_examples))[ctx.local_rank::ctx.local_world_size]
-    last_emit = time.time()
-    with torch.inference_mode():
-        for start in range(0, len(mine), batch_size):
-            if events and ctx.is_main and time.time() - last_emit > 5:
-                last_emit = time.time()
-                events.emit("progress", stage="teacher-cache", step=start, total_steps=len(mine))
-            indices = mine[start:start + batch_size]
-            outputs = compute(indices)
-            for s in specs:
-                rows = outputs[s.name].detach().float().cpu().numpy()
-                if rows.shape != (len(indices), *s.shape):
-                    raise QTinkerError(f"teacher cache output {s.name!r}: rows of shape {rows.shape}, expected "
-                                       f"{(len(indices), *s.shape)}; the teacher's output does not match the cache spec")
-                arrays[s.name][indices] = rows.astype(DTYPES[s.dtype], copy=False)
-    for a in arrays.values():
-        a.flush()
-    del arrays
+    try:
+        _fill(tmp, specs, compute, order, num_examples, batch_size, ctx, events)
+    except BaseException:  # Stop, a full disk, a crash in the teacher: nothing half-written stays
+        if ctx.local_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     barrier(ctx)
 
     if ctx.local_rank == 0:
         meta = {"format": FORMAT_VERSION, "key": key, "num_examples": num_examples,
                 "outputs": [[s.name, list(s.shape), s.dtype] for s in specs], "bytes": total, "describe": describe}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (tmp / "owner.json").unlink()
         try:
             os.replace(tmp, final)
         except OSError:
@@ -279,6 +270,67 @@ def load_or_build(key: str, num_examples: int, specs: Sequence[OutputSpec], comp
                            "check the disk (QTINKER_CACHE_DIR) and run again")
     log(f"teacher outputs: cached at {final}", cache=str(final), bytes=total, reused=False)
     return cache
+
+
+def _fill(tmp: Path, specs: Sequence[OutputSpec], compute: ComputeRows, order, num_examples: int, batch_size: int,
+          ctx, events) -> None:
+    """This rank's rows of the memory maps, `batch_size` examples at a time; Stop is checked per batch."""
+    arrays = {s.name: np.load(tmp / f"{s.name}.npy", mmap_mode="r+") for s in specs}
+    mine = list(order if order is not None else range(num_examples))[ctx.local_rank::ctx.local_world_size]
+    last_emit = time.time()
+    with torch.inference_mode():
+        for start in range(0, len(mine), batch_size):
+            if events is not None:
+                events.check_stop("stopped while caching the teacher's outputs")
+            if events and ctx.is_main and time.time() - last_emit > 5:
+                last_emit = time.time()
+                events.emit("progress", stage="teacher-cache", step=start, total_steps=len(mine))
+            indices = mine[start:start + batch_size]
+            outputs = compute(indices)
+            for s in specs:
+                rows = outputs[s.name].detach().float().cpu().numpy()
+                if rows.shape != (len(indices), *s.shape):
+                    raise QTinkerError(f"teacher cache output {s.name!r}: rows of shape {rows.shape}, expected "
+                                       f"{(len(indices), *s.shape)}; the teacher's output does not match the cache spec")
+                arrays[s.name][indices] = rows.astype(DTYPES[s.dtype], copy=False)
+    for a in arrays.values():
+        a.flush()
+
+
+def _owner(ctx) -> dict:
+    """Who writes a temporary cache folder. The ranks of one machine share it, so under torchrun the
+    id is their common parent (the torchrun agent); a plain run adds a random token (two runs in one process)."""
+    shared = ctx.local_world_size > 1
+    return {"host": socket.gethostname(), "pid": os.getppid() if shared else os.getpid(),
+            "token": f"n{ctx.node_rank}" if shared else secrets.token_hex(4)}
+
+
+def sweep_leftovers() -> list[Path]:
+    """Remove temporary cache folders of this machine whose writer is gone (a killed run); returns them."""
+    removed = []
+    for folder in root_dir().glob(".tmp-*"):
+        try:
+            owner = json.loads((folder / "owner.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # being created right now, or finished writing (owner.json goes just before the rename)
+        if owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", 0))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C there: keep the folder (only space is lost)
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but is not ours, or the platform cannot tell: keep the folder
+    return True
 
 
 def _check_free_space(folder: Path, needed: int) -> None:
