@@ -163,3 +163,28 @@ def test_minilm_onnx_int8_keeps_accuracy_on_the_bundled_test_set(minilm_classifi
     order, _ = label_order([labels[str(i)] for i in range(len(labels))], data)
     accuracy = sum(p == order[y] for p, y in zip(preds, data.labels)) / len(data)
     assert accuracy >= metrics["before"]["accuracy"] - 0.005  # torch-free run: within 0.5 point of float
+
+
+def test_recommendation_is_the_fastest_within_half_a_point_and_never_eager_int8():
+    from qtinker.formats import format_rows, recommend, recommendation_line
+
+    def measured(acc, b1, b16, c1=None, c16=None):
+        lat = {"batch1_eager_ms": b1, "batch16_eager_ms": b16}
+        lat.update({"batch1_compiled_ms": c1, "batch16_compiled_ms": c16} if c1 else {})
+        return {"weights_bytes": 100, "accuracy": acc, "latency": lat}
+
+    float_ = measured(0.900, 30.0, 400.0, 26.0, 390.0)
+    runs = [("out/m-int8-dynamic", {"scheme": "int8-dynamic", "before": float_, "after": measured(0.899, 90.0, 450.0, 12.0, 160.0)}),
+            ("out/m-onnx-int8", {"scheme": "onnx-int8", "runtime": "onnxruntime", "before": float_,
+                                 "after": measured(0.901, 9.5, 150.0)}),
+            ("out/m-lossy", {"scheme": "int8-weight", "runtime": "onnxruntime", "before": float_,
+                             "after": measured(0.890, 5.0, 100.0)})]  # fastest, but 1 point lost
+    rows = format_rows(runs)
+    assert [r["format"] for r in rows] == ["float eager", "float compiled", "int8-dynamic eager", "int8-dynamic compiled",
+                                           "onnx-int8", "int8-weight"]
+    assert rows[2]["note"] == "needs torch.compile"
+    assert recommend(rows)["folder"] == "out/m-onnx-int8"
+    assert recommendation_line(rows) == ("Recommended for this machine: onnx-int8 (fastest within 0.5 accuracy point of "
+                                         "float, 3.2x float eager at batch 1).")
+    runs[1][1]["after"]["latency"]["batch1_eager_ms"] = 13.0  # now compiled TorchAO wins
+    assert recommend(format_rows(runs))["format"] == "int8-dynamic compiled"

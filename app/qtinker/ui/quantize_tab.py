@@ -99,6 +99,40 @@ def results(batch: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
+def finished_runs(batch: list) -> list[tuple[str, dict]]:
+    """(output folder, metrics) of the batch's finished runs, in order."""
+    runs = []
+    for job in batch:
+        path = Path(job.out or "") / "metrics.json"
+        if job.status == "done" and path.exists():
+            runs.append((str(job.out), json.loads(path.read_text(encoding="utf-8"))))
+    return runs
+
+
+def recommendation(batch: list) -> tuple[str, str | None]:
+    """The recommendation line across the batch's formats, and the recommended folder's model name."""
+    from qtinker.formats import format_rows, recommend, recommendation_line
+
+    rows = format_rows(finished_runs(batch))
+    if not rows:
+        return "", None
+    best = recommend(rows)
+    slow = [r["format"] for r in rows if r["note"] == "needs torch.compile"]
+    note = f"  \n{', '.join(slow)}: slower than float when run eagerly (**needs torch.compile**)." if slow else ""
+    return "**" + recommendation_line(rows) + "**" + note, (Path(best["folder"]).name if best and best["folder"] else None)
+
+
+def measured_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Latency at batch 16 as it was measured for each model: compiled when compiled (ONNX: its session)."""
+    rows = []
+    for _, r in table.iterrows():
+        compiled_ms, eager_ms = r["compiled batch 16 (ms)"], r["latency batch 16 (ms)"]
+        value = compiled_ms if compiled_ms is not None and not pd.isna(compiled_ms) else eager_ms
+        if value is not None and not pd.isna(value):
+            rows.append({"model": r["model"], "value": float(value)})
+    return pd.DataFrame(rows, columns=["model", "value"]).astype({"model": "string", "value": "float64"})
+
+
 def _row(name: str, m: dict) -> dict:
     lat = m.get("latency", {})
     pick = lambda k: round(v, 4) if isinstance(v := m.get(k), float) else v  # noqa: E731
@@ -127,15 +161,20 @@ def view(seen: tuple):
     sig = tuple(live.signature(j) for j in batch)
     last_sig, drawn = seen or (None, ())
     if sig == last_sig:
-        return (*[gr.skip()] * 6, seen)
+        return (*[gr.skip()] * 7, seen)
     status = "\n\n".join(live.status_markdown(j) + ("  \n" + live.progress_markdown(j) if j.running else "")
                          for j in batch) or "No quantization yet."
     table = results(batch)
     current = next((j for j in batch if j.running), batch[-1] if batch else None)
-    choices = gr.update(choices=common.model_names()) if any(not j.running for j in batch) else gr.skip()
+    line, best = recommendation(batch)
+    names = common.model_names()
+    # Download offers the recommended format first (then any other model)
+    choices = (gr.update(choices=names, **({"value": best} if best in names else {}))
+               if any(not j.running for j in batch) else gr.skip())
     size, drawn = live.plot_value(chart_frame(table, "size (MB)"), "model", drawn)
-    speed = None if size is None else chart_frame(table, "latency batch 16 (ms)")
-    return (status, table, size, speed, live.log_text(current, 6), choices, (sig if drawn is not None else None, drawn or ()))
+    speed = None if size is None else measured_frame(table)
+    return (status, table, size, speed, line, live.log_text(current, 6), choices,
+            (sig if drawn is not None else None, drawn or ()))
 
 
 def package(model: str | None):
@@ -155,8 +194,9 @@ def package(model: str | None):
 
 
 def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
-    gr.Markdown("Make a model smaller and faster with **TorchAO**, measured before and after on this machine; then "
-                "download it as a zip with its model card.")
+    gr.Markdown("Make a model smaller and faster with **TorchAO** or **ONNX Runtime** (`onnx-int8` runs without torch "
+                "and needs no compiling), measured before and after on this machine; pick several schemes to compare "
+                "them, then download the recommended one as a zip with its model card.")
     with gr.Row(elem_id="quantize_model_row"):
         model = gr.Dropdown(label="Model to quantize", choices=common.model_names(quantized=False),
                             allow_custom_value=True, info="e.g. the student you just distilled")
@@ -182,8 +222,10 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         size_chart = gr.BarPlot(value=None, x="model", y="value", title="Size (MB)",
                                 y_title="MB", x_title="", y_lim=[0, None], sort="x", height=260)
         speed_chart = gr.BarPlot(value=None, x="model", y="value",
-                                 title="Latency at batch 16 (ms, lower is faster)", y_title="ms", x_title="",
+                                 title="Latency at batch 16 as measured (compiled when compiled; ms, lower is faster)",
+                                 y_title="ms", x_title="",
                                  y_lim=[0, None], sort="x", height=260)
+    recommended = gr.Markdown(elem_id="quantize_recommended")
     log = gr.Textbox(label="Log (last lines)", lines=6, max_lines=6, autoscroll=True, interactive=False)
     gr.Markdown("### Download")
     with gr.Row():
@@ -200,7 +242,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     gr.api(quantize_results, api_name="quantize_results")
 
     seen = gr.State(())
-    outputs = [status, table, size_chart, speed_chart, log, to_zip, seen]
+    outputs = [status, table, size_chart, speed_chart, recommended, log, to_zip, seen]
     timer.tick(view, seen, outputs, api_visibility="private", show_progress="hidden")
     demo.load(view, seen, outputs, api_visibility="private")
     demo.load(lambda: (gr.update(choices=common.model_names(quantized=False)), gr.update(choices=common.model_names())),

@@ -1,0 +1,61 @@
+"""One table across formats from quantize runs on the same model and data, and the recommended format.
+
+Each quantize run's metrics.json holds the float model ("before") and its format ("after"), eager
+and, for torch, compiled. The table lists each variant once, with the latency as measured (compiled
+rows are compiled); the recommendation is the fastest variant within 0.5 accuracy point of float.
+TorchAO int8 in eager mode is usually slower than float on CPU (its speed needs torch.compile): such
+a row is labelled, and never recommended.
+"""
+
+from __future__ import annotations
+
+TOLERANCE_POINTS = 0.5
+
+
+def format_rows(runs: list[tuple[str, dict]]) -> list[dict]:
+    """runs: (output folder, metrics) of quantize runs of one model -> rows (float first)."""
+    rows: list[dict] = []
+    for index, (folder, metrics) in enumerate(runs):
+        before, after = metrics["before"], metrics["after"]
+        if index == 0:
+            rows += _variants("float", "", before, runtime="torch")
+        runtime = metrics.get("runtime", "torch")
+        rows += _variants(metrics["scheme"], folder, after, runtime=runtime, float_eager=before["latency"])
+    return rows
+
+
+def _variants(name: str, folder: str, measured: dict, runtime: str, float_eager: dict | None = None) -> list[dict]:
+    lat = measured.get("latency", {})
+    base = {"folder": folder, "size_bytes": measured.get("weights_bytes"), "accuracy": measured.get("accuracy"),
+            "agreement": measured.get("agreement"), "note": ""}
+    if runtime == "onnxruntime":
+        return [{**base, "format": name, "batch1_ms": lat.get("batch1_eager_ms"), "batch16_ms": lat.get("batch16_eager_ms")}]
+    rows = [{**base, "format": f"{name} eager", "batch1_ms": lat.get("batch1_eager_ms"),
+             "batch16_ms": lat.get("batch16_eager_ms")}]
+    if float_eager and rows[0]["batch1_ms"] and float_eager.get("batch1_eager_ms") \
+            and rows[0]["batch1_ms"] > float_eager["batch1_eager_ms"]:
+        rows[0]["note"] = "needs torch.compile"  # slower than float when run eagerly: never the recommendation
+    if lat.get("batch1_compiled_ms"):
+        rows.append({**base, "format": f"{name} compiled", "batch1_ms": lat.get("batch1_compiled_ms"),
+                     "batch16_ms": lat.get("batch16_compiled_ms"), "note": "torch.compile (freezing)"})
+    return rows
+
+
+def recommend(rows: list[dict], tolerance_points: float = TOLERANCE_POINTS) -> dict | None:
+    """The fastest row at batch 1 whose accuracy is within tolerance of float's (all rows when no
+    accuracy was measured); None when nothing was timed."""
+    reference = next((r["accuracy"] for r in rows if r["format"].startswith("float")), None)
+    candidates = [r for r in rows if r.get("batch1_ms") and r["note"] != "needs torch.compile"
+                  and (reference is None or r.get("accuracy") is None
+                       or (r["accuracy"] - reference) * 100 >= -tolerance_points)]
+    return min(candidates, key=lambda r: (r["batch1_ms"], r.get("batch16_ms") or 0), default=None)
+
+
+def recommendation_line(rows: list[dict]) -> str:
+    best = recommend(rows)
+    if best is None:
+        return "No recommendation yet: no format was timed."
+    float_ms = next((r["batch1_ms"] for r in rows if r["format"] == "float eager"), None)
+    speed = f", {float_ms / best['batch1_ms']:.1f}x float eager at batch 1" if float_ms else ""
+    return (f"Recommended for this machine: {best['format']} (fastest within {TOLERANCE_POINTS} accuracy point of "
+            f"float{speed}).")
