@@ -38,6 +38,7 @@ import torch
 
 from qtinker import paths
 from qtinker.errors import QTinkerError
+from qtinker.fsutil import pid_alive
 
 FORMAT_VERSION = 1
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json",
@@ -313,24 +314,10 @@ def sweep_leftovers() -> list[Path]:
             owner = json.loads((folder / "owner.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue  # being created right now, or finished writing (owner.json goes just before the rename)
-        if owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", 0))):
+        if owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", 0))):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C there: keep the folder (only space is lost)
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists but is not ours, or the platform cannot tell: keep the folder
-    return True
 
 
 def _check_free_space(folder: Path, needed: int) -> None:
