@@ -7,7 +7,7 @@ import os
 import gradio as gr
 
 from qtinker import paths
-from qtinker.ui import common, distill_tab, jobs_tab, models_tab, quantize_tab
+from qtinker.ui import common, distill_tab, jobs_tab, models_tab, quantize_tab, security
 
 MAX_UPLOAD = "200mb"
 
@@ -37,7 +37,8 @@ def build_app() -> gr.Blocks:
 
 
 def launch_kwargs(port: int | None = None) -> dict:
-    """Security settings for a local app: loopback only, never shared, outputs folder only."""
+    """Security settings for a local app: loopback only, never shared, outputs folder only, and every request
+    refused unless its Host is loopback and (when it changes state) its Origin too (qtinker.ui.security)."""
     port = port or (int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT") else None)
     outputs = paths.outputs_dir()
     outputs.mkdir(parents=True, exist_ok=True)
@@ -49,4 +50,5 @@ def launch_kwargs(port: int | None = None) -> dict:
         max_file_size=MAX_UPLOAD,
         footer_links=["api"],
         show_error=True,
+        app_kwargs={"middleware": security.middleware()},
     )
