@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a checkout 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from qtinker import jobs  # noqa: E402
 from qtinker.ui import build_app, launch_kwargs  # noqa: E402
 
 demo = build_app()
@@ -25,4 +26,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="QTinker web UI")
     parser.add_argument("--port", type=int, default=None, help="port to serve on (default: GRADIO_SERVER_PORT or the first free from 7860)")
     args = parser.parse_args()
+    jobs.recover()  # jobs whose process is gone since the last run (app or machine restarted) are marked ended
     demo.queue(default_concurrency_limit=4).launch(**launch_kwargs(port=args.port))

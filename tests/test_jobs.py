@@ -163,6 +163,155 @@ def test_jobs_survive_an_app_restart():
     assert "ended without finishing" in job.error()
 
 
+# ------------------------------------------------------------------ the job store under stress (issue 10)
+
+
+def test_each_job_records_which_process_it_is_and_a_pid_alone_is_never_trusted():
+    from qtinker import jobs, procs
+
+    job = jobs.start_job("slow", [], program=FAKE)
+    try:
+        on_disk = json.loads((job.dir / "job.json").read_text())
+        assert on_disk["pid"] == job.pid and on_disk["pid_start"] == procs.start_token(job.pid) is not None
+        # the same job.json with its start time removed or changed names "a process", not this job's: not running
+        for planted in (None, on_disk["pid_start"] + "0"):
+            other = jobs._from_dict(dict(on_disk, pid_start=planted), job.dir)
+            assert not procs.is_process(other.pid, other.pid_start) and not jobs._kill(other)
+        assert jobs.get_job(job.id).running
+    finally:
+        jobs.stop_job(job.id)
+    assert wait_finished(job.id).status == "stopped"
+
+
+def test_process_identity_tokens():
+    from qtinker import procs
+
+    me = procs.start_token(os.getpid())
+    assert me and me == procs.start_token(os.getpid())  # stable for the process's life
+    for bad in (0, 1, -1, "123", None, True, 2**22 + 12345):
+        assert procs.start_token(bad) is None
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    token = procs.start_token(child.pid)
+    child.wait()
+    assert token and procs.start_token(child.pid) is None  # ended: nothing to match any more
+    if os.name != "nt":  # the macOS/BSD way (ps) works here too, and tells two processes apart
+        assert procs._ps_token(os.getpid()) == procs._ps_token(os.getpid()) != procs._ps_token(os.getppid())
+
+
+def _start_at(go: Path, mode: str, n: int) -> list[subprocess.Popen]:
+    """n separate 'app' processes that each call start_job(mode) as soon as `go` exists."""
+    code = ("import sys, time, os; from qtinker import jobs; from qtinker.errors import QTinkerError\n"
+            f"while not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
+            f"try: print('started', jobs.start_job({mode!r}, [], program={FAKE!r}).id)\n"
+            "except QTinkerError as exc: print('refused', exc)\n")
+    return [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ)
+            for _ in range(n)]
+
+
+def test_two_app_instances_cannot_both_take_the_cpu_slot(tmp_path):
+    from qtinker import jobs
+
+    go = tmp_path / "go"
+    apps = _start_at(go, "slow", 4)
+    with jobs._store(jobs.jobs_dir()):  # all four wait for the store's lock, then race for the slot
+        time.sleep(1.5)  # let them import and wait for `go`
+        go.touch()
+        time.sleep(0.5)
+    said = [a.communicate(timeout=60)[0].strip() for a in apps]
+    started = [line.split()[1] for line in said if line.startswith("started")]
+    assert len(started) == 1, said
+    assert all(f"slow job {started[0]}" in line for line in said if line.startswith("refused"))
+    assert jobs.running_job("cpu").id == started[0]
+    jobs.stop_job(started[0])
+    assert wait_finished(started[0]).status == "stopped"
+
+
+@pytest.mark.parametrize("failures", [1, 99])
+def test_a_watcher_that_cannot_write_job_json_still_frees_the_slot(monkeypatch, failures):
+    import errno
+    import threading
+
+    from qtinker import jobs
+
+    real_save, left = jobs._save, [failures]
+
+    def disk_full_in_watchers(job):
+        if threading.current_thread().name.startswith("job-") and left[0] > 0:
+            left[0] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device", str(job.dir / "job.json.tmp"))
+        real_save(job)
+
+    monkeypatch.setattr(jobs, "_save", disk_full_in_watchers)
+    job = jobs.start_job("ok", [], program=FAKE)
+    deadline = time.time() + 30
+    while job.id in jobs._PROCS:
+        assert time.time() < deadline, "the watcher kept its slot"
+        time.sleep(0.05)
+    assert jobs.running_job("cpu") is None
+    job = jobs.get_job(job.id)
+    if failures == 1:  # the second try recorded it
+        assert job.status == "failed" and "could not record how it ended: [Errno 28]" in job.note
+    else:  # job.json still said "running": the liveness check finds the process gone, and its events say "done"
+        assert job.status == "done" and job.note == "finished while the app was not watching"
+    assert wait_finished(jobs.start_job("ok", [], program=FAKE).id).status == "done"  # the slot is free
+
+
+def test_a_cancelled_queued_job_never_starts():
+    import threading
+
+    from qtinker import jobs, procs
+
+    for concurrent in (False, True, True, True):
+        first = jobs.start_job("ok", ["--steps", "1"], program=FAKE)
+        second = jobs.start_job("ok", ["--steps", "1"], program=FAKE, queue=True)
+        assert second.status == "queued"
+        result = {}
+        with jobs._store(jobs.jobs_dir()):  # the first ends meanwhile; its watcher waits to launch the second
+            deadline = time.time() + 30
+            while procs.start_token(first.pid):
+                assert time.time() < deadline
+                time.sleep(0.02)
+            if concurrent:  # cancel and launch race for the lock
+                canceller = threading.Thread(target=lambda: result.update(job=jobs.stop_job(second.id)))
+                canceller.start()
+            else:  # the cancel goes first
+                result["job"] = jobs.stop_job(second.id)
+        if concurrent:
+            canceller.join(30)
+        wait_finished(first.id)
+        wait_finished(second.id)
+        second = jobs.get_job(second.id)
+        if result["job"].note == "cancelled before it started":
+            assert second.status == "stopped" and second.pid is None and not second.events_path.exists()
+        else:  # the launch won: the stop applied to a running job
+            assert result["job"].pid and second.status in ("done", "stopped")
+
+
+def test_leftover_jobs_are_marked_at_app_start_and_their_pid_is_not_signalled():
+    from qtinker import jobs
+
+    sentinel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        ids = []
+        for n, record in enumerate([{}, {"pid_start": "linux:x:1"}]):  # no start time; a wrong one
+            job_id = f"20250101-120000-distill-000{n}"
+            folder = jobs.jobs_dir() / job_id
+            folder.mkdir(parents=True)
+            (folder / "job.json").write_text(json.dumps({"id": job_id, "command": "distill", "args": [], "slot": "cpu",
+                                                         "status": "running", "pid": sentinel.pid, **record}))
+            ids.append(job_id)
+        jobs.recover()
+        for job_id in ids:
+            assert jobs.get_job(job_id).status == "failed (interrupted)"
+            assert jobs.stop_job(job_id, grace_s=0.1).status == "failed (interrupted)"
+        time.sleep(0.5)
+        assert sentinel.poll() is None  # never signalled
+        assert wait_finished(jobs.start_job("ok", [], program=FAKE).id).status == "done"  # the slot is free
+    finally:
+        sentinel.kill()
+        sentinel.wait()
+
+
 # ------------------------------------------------------------------ the stand-in run
 
 

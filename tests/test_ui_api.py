@@ -62,8 +62,8 @@ class App:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         for job in jobs._all(self.outputs / "jobs", adopt=False):  # jobs outlive the app by design: end ours
-            if job.status == "running" and job.pid:
-                jobs._kill_group(job.pid)
+            if job.status == "running":
+                jobs._kill(job)  # only if it still is the process the app launched
 
 
 def write_csv(path: Path, n: int = 48, seed: int = 0) -> Path:
@@ -265,3 +265,69 @@ def test_stop_keeps_the_checkpoint_and_a_failure_shows_its_error(client, teacher
     assert state["status"] == "failed" and "--temperature: 0" in state["error"]
     status, _, log = client.predict(state["id"], api_name="/job_details")
     assert "**failed**" in status and "--temperature: 0" in status and log
+
+
+# ---------------------------------------------------------------- a hostile page or a crafted request (issue 10)
+
+
+def test_only_loopback_hosts_are_answered_on_every_route(app):
+    """DNS rebinding: a page on evil.example that resolves to 127.0.0.1 gets nothing, on any route."""
+    import httpx
+
+    port = app.url.rsplit(":", 1)[1].strip("/")
+    routes = ["", "config", "gradio_api/info", "gradio_api/file=x", "gradio_api/upload", "theme.css"]
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", f"localhost.:{port}",
+                 f"127.0.0.1:{port}@evil.example", "0.0.0.0", f"[::1]x:{port}"):
+        for route in routes:
+            answer = httpx.get(app.url + route, headers={"Host": host})
+            assert answer.status_code == 400, (host, route, answer.status_code)
+            assert "is not this computer" in answer.text and answer.text.count("\n") == 1
+        assert httpx.post(app.url + "gradio_api/upload", headers={"Host": host}, files={"files": b"x"}).status_code == 400
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}", "127.0.0.1"):
+        assert httpx.get(app.url + "config", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_page_of_another_site_cannot_change_anything(app, client):
+    """Cross-site requests: the browser sends the page's Origin; only loopback pages may POST."""
+    import httpx
+
+    port = app.url.rsplit(":", 1)[1].strip("/")
+    call = app.url + "gradio_api/call/stop_job"
+    for origin in ("http://evil.example", f"http://evil.example:{port}", "null", "file://", f"http://127.0.0.1.nip.io:{port}"):
+        answer = httpx.post(call, json={"data": ["x"]}, headers={"Origin": origin})
+        assert answer.status_code == 403 and "cannot change QTinker" in answer.text, origin
+    # the app's own page, and scripts that send no Origin (gradio_client, curl), are answered
+    ok = httpx.post(call, json={"data": [None]}, headers={"Origin": f"http://localhost:{port}"})
+    assert ok.status_code == 200
+    assert client.predict(None, api_name="/stop_job") == "Pick a running job first."
+    # reading is not changing: a GET from another page still needs the loopback Host only
+    assert httpx.get(app.url + "config", headers={"Origin": "http://evil.example"}).status_code == 200
+
+
+def test_job_ids_from_outside_name_only_the_apps_own_jobs(app, client, tmp_path):
+    """A crafted job id (absolute path, ../, empty) reads no log and signals no process."""
+    import json as json_
+
+    sentinel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        planted = tmp_path / "elsewhere"
+        planted.mkdir()
+        (planted / "job.json").write_text(json_.dumps({"id": "", "command": "distill", "args": [], "status": "running",
+                                                       "pid": sentinel.pid, "slot": "cpu"}))
+        (planted / "log.txt").write_text("PRIVATE LOG\n")
+        jobs_root = app.outputs / "jobs"
+        jobs_root.mkdir(parents=True, exist_ok=True)
+        for crafted in (str(planted), f"{jobs_root}/../../{planted.name}", "../elsewhere", "", ".", "20250101-120000-distill-zzzz"):
+            status, _, log = client.predict(crafted, api_name="/job_details")
+            assert "PRIVATE" not in status + log
+            assert status.startswith(("**Error:**", "Pick a job")), (crafted, status)
+            answer = client.predict(crafted, api_name="/stop_job")
+            assert answer.startswith(("**Error:**", "Pick a running job")), (crafted, answer)
+            if crafted:
+                assert "not a QTinker job id" in answer
+        assert not (planted / "STOP").exists() and not list(planted.glob("*stop*"))
+        time.sleep(0.3)
+        assert sentinel.poll() is None  # never signalled
+    finally:
+        sentinel.kill()
+        sentinel.wait()

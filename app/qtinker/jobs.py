@@ -17,14 +17,19 @@ its last event is "done"; "stopped" if a stop was asked for (and it did not end 
 otherwise "failed". A job whose process vanished without being seen to finish (the app or the
 machine restarted) is "failed (interrupted)". One job per slot (a device: "cpu", "cuda") runs at
 a time; a second start names the running one, or waits as "queued" when asked to.
+
+Safety (docs/security.md): a job id from outside (the UI, its API) must match the app's own pattern
+and name a folder directly inside jobs/; the app signals a process only when it still is the one it
+launched (pid + start time recorded at launch, qtinker.procs); slot checks, launches, cancels and
+job.json updates happen under one lock shared by every app process (jobs/.lock).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -32,15 +37,25 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qtinker import paths
+from qtinker import paths, procs
 from qtinker.errors import QTinkerError
 from qtinker.events import read_events
+from qtinker.filelock import FileLock
 
 STOP_GRACE_S = 60.0  # a step on CPU with a large teacher can take seconds; saving the checkpoint longer
 
-_LOCK = threading.Lock()  # one start at a time, so two clicks cannot both take a slot
-_LOCK_FILE = threading.RLock()  # job.json read-modify-write
+COMMAND = r"[a-z0-9][a-z0-9-]{0,39}"
+JOB_ID = re.compile(rf"[0-9]{{8}}-[0-9]{{6}}-{COMMAND}-[0-9a-f]{{4}}")  # what start_job makes, nothing else
 _PROCS: dict[str, subprocess.Popen] = {}  # jobs this app process started (and reaps)
+_LOCKS: dict[str, FileLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _store(root: Path) -> FileLock:
+    """The jobs folder's lock: one per machine (a file lock), reentrant within a thread."""
+    key = os.path.realpath(root)
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, FileLock(Path(key) / ".lock"))
 
 
 @dataclass
@@ -53,6 +68,7 @@ class Job:
     out: str | None = None  # the folder the run writes, when known
     status: str = "running"
     pid: int | None = None
+    pid_start: str | None = None  # the app's record of which process `pid` is (qtinker.procs.start_token)
     started: float = 0.0
     ended: float | None = None
     exit_code: int | None = None
@@ -111,6 +127,19 @@ def jobs_dir() -> Path:
     return paths.outputs_dir() / "jobs"
 
 
+def job_folder(job_id: object) -> Path:
+    """The folder of job `job_id`, for an id from outside (UI, API): the app's pattern, inside jobs/ only."""
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        shown = repr(job_id)[:80]
+        raise QTinkerError(f"job id {shown}: not a QTinker job id (like 20250101-120000-distill-1a2b); "
+                           f"pick one from the Jobs tab")
+    root = jobs_dir().resolve()
+    folder = (root / job_id).resolve()
+    if folder.parent != root:  # e.g. a symlink planted in jobs/ that leads elsewhere
+        raise QTinkerError(f"job {job_id}: its folder {root / job_id} leads outside {root}; remove it")
+    return folder
+
+
 def log_tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
     if not path.exists():
         return ""
@@ -138,7 +167,9 @@ def start_job(command: str, args: list[str], *, slot: str | None = "cpu", title:
     `queue=True` wait as "queued" and start when the slot frees (several schemes to quantize).
     `program` replaces `python -m qtinker` (tests run a small script that emits events).
     """
-    with _LOCK:
+    if not re.fullmatch(COMMAND, command):
+        raise QTinkerError(f"command {command!r}: not a qtinker command name")
+    with _store(jobs_dir()):
         busy = running_job(slot) if slot is not None else None
         if busy is not None and not queue:
             raise QTinkerError(
@@ -169,10 +200,16 @@ def _launch(job: Job) -> Job:
         log.flush()
         proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=str(job.dir), **_new_group())
-    job.pid, job.status, job.started = proc.pid, "running", time.time()
+    # read now: the child is not reaped yet, so its pid cannot have been reused
+    job.pid, job.pid_start, job.status, job.started = proc.pid, procs.start_token(proc.pid), "running", time.time()
     _PROCS[job.id] = proc
-    _save(job)
-    threading.Thread(target=_watch, args=(job.dir, proc), name=f"job-{job.id}", daemon=True).start()
+    # the watcher reaps it whatever happens next; it waits for the store lock, which the caller holds
+    threading.Thread(target=_watch, args=(job.dir, proc, job.slot), name=f"job-{job.id}", daemon=True).start()
+    try:
+        _save(job)
+    except OSError:
+        _kill(job)  # a run nobody can see or stop must not go on
+        raise
     return job
 
 
@@ -185,7 +222,7 @@ def _start_next(slot: str | None, root: Path) -> None:
     """The slot is free: start its oldest queued job, if any."""
     if slot is None:
         return
-    with _LOCK:
+    with _store(root):
         if any(j.running and j.slot == slot for j in _all(root)):
             return
         waiting = _queued(slot, root)
@@ -195,14 +232,16 @@ def _start_next(slot: str | None, root: Path) -> None:
 
 def stop_job(job_id: str, grace_s: float = STOP_GRACE_S) -> Job:
     """Ask the run to stop at its next step (it keeps its checkpoint); kill it after `grace_s`."""
-    job = get_job(job_id)
-    if job.status == "queued":
-        return _update(job.dir, status="stopped", ended=time.time(), stop_requested=True, note="cancelled before it started")
-    if not job.running:
-        return job
-    folder = job.dir
-    job.stop_path.write_text("stop requested from the app\n", encoding="utf-8")
-    _update(folder, stop_requested=True)
+    folder = job_folder(job_id)
+    with _store(folder.parent):  # a queued job is either cancelled here or launched by _start_next, never both
+        job = _load(folder)
+        if job.status == "queued":
+            return _update(folder, status="stopped", ended=time.time(), stop_requested=True,
+                           note="cancelled before it started")
+        if not job.running:
+            return job
+        job.stop_path.write_text("stop requested from the app\n", encoding="utf-8")
+        _update(folder, stop_requested=True)
 
     def hard_kill() -> None:
         deadline = time.time() + grace_s
@@ -210,10 +249,11 @@ def stop_job(job_id: str, grace_s: float = STOP_GRACE_S) -> Job:
             if not _load(folder).running:
                 return
             time.sleep(0.2)
-        current = _load(folder)
-        if current.running and current.pid:
-            _update(folder, note=f"killed after a {grace_s:g} s grace period")
-            _kill_group(current.pid)
+        with _store(folder.parent):
+            current = _load(folder)
+            if current.running and _alive(current):
+                _update(folder, note=f"killed after a {grace_s:g} s grace period")  # before the watcher reads it
+                _kill(current)
 
     threading.Thread(target=hard_kill, name=f"stop-{job_id}", daemon=True).start()
     return _load(folder)
@@ -241,7 +281,7 @@ _FLAGS: dict[str, set[str]] = {}
 
 
 def get_job(job_id: str) -> Job:
-    return _load(jobs_dir() / job_id)
+    return _load(job_folder(job_id))
 
 
 def _load(folder: Path, adopt: bool = True) -> Job:
@@ -249,6 +289,8 @@ def _load(folder: Path, adopt: bool = True) -> Job:
         data = json.loads((folder / "job.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise QTinkerError(f"job {folder.name!r}: not found in {folder.parent} ({exc.__class__.__name__})") from exc
+    if not isinstance(data, dict) or data.get("id") != folder.name:
+        raise QTinkerError(f"job {folder.name!r}: its job.json names another job; it was not written by QTinker")
     job = _from_dict(data, folder)
     if adopt and job.running and job.id not in _PROCS:
         job = _adopt(job)
@@ -272,7 +314,7 @@ def list_jobs(command: str | None = None) -> list[Job]:
 def _all(root: Path, adopt: bool = True) -> list[Job]:
     jobs = []
     for folder in root.iterdir() if root.exists() else []:
-        if (folder / "job.json").exists():
+        if JOB_ID.fullmatch(folder.name) and not folder.is_symlink() and (folder / "job.json").exists():
             try:
                 jobs.append(_load(folder, adopt=adopt))
             except QTinkerError:
@@ -302,38 +344,83 @@ def _final_status(job: Job, exit_code: int | None) -> str:
     return "failed"
 
 
-def _watch(folder: Path, proc: subprocess.Popen) -> None:
-    code = proc.wait()  # also reaps the child, so a finished job never looks alive
-    job = _from_dict(json.loads((folder / "job.json").read_text(encoding="utf-8")), folder)
-    status = _final_status(job, code)
-    note = job.note
-    if status == "failed" and not note:
-        note = f"exited with code {code}" if code != 0 else "exited without reporting success"
-    _update(folder, status=status, exit_code=code, ended=time.time(), note=note)
-    _PROCS.pop(job.id, None)
+def _watch(folder: Path, proc: subprocess.Popen, slot: str | None) -> None:
+    """Wait for a job's process, record how it ended, free its slot: the last two whatever happens."""
+    job_id, code = folder.name, None
     try:
-        _start_next(job.slot, folder.parent)
+        code = proc.wait()  # also reaps the child, so a finished job never looks alive
+        with _store(folder.parent):
+            job = _load(folder, adopt=False)
+            status = _final_status(job, code)
+            note = job.note
+            if status == "failed" and not note:
+                note = f"exited with code {code}" if code != 0 else "exited without reporting success"
+            _update(folder, status=status, exit_code=code, ended=time.time(), note=note)
+    except Exception as exc:  # e.g. disk full writing job.json: the job must still not hold its slot
+        print(f"qtinker.jobs: could not record the end of job {job_id}: {exc}", file=sys.stderr)
+        try:
+            _update(folder, status="failed", exit_code=code, ended=time.time(),
+                    note=f"the app could not record how it ended: {exc}")
+        except Exception:  # job.json keeps "running"; the liveness check sees the process gone
+            pass
+    finally:
+        _PROCS.pop(job_id, None)
+    try:
+        _start_next(slot, folder.parent)
     except (OSError, QTinkerError) as exc:  # a queued job that cannot start says so in its own log
         print(f"qtinker.jobs: could not start the next queued job: {exc}", file=sys.stderr)
 
 
+def recover() -> list[Job]:
+    """At app start: mark jobs whose process is gone (app or machine restarted), start queued ones whose slot is free."""
+    return list_jobs()
+
+
+def _alive(job: Job) -> bool:
+    """Is the job's process still the one launched for it? Never judged from a pid alone."""
+    proc = _PROCS.get(job.id)
+    if proc is not None:
+        return proc.poll() is None
+    return procs.is_process(job.pid, job.pid_start)
+
+
+def _kill(job: Job) -> bool:
+    """Kill a job's process group (Windows: its tree), only if the process is still the one launched for it."""
+    proc = _PROCS.get(job.id)
+    if proc is not None and proc.poll() is not None:
+        return False  # ended (and reaped): its pid may already belong to someone else
+    return procs.kill_tree(job.pid, job.pid_start)
+
+
 def _adopt(job: Job) -> Job:
     """A job started by an earlier app process: still running, or finished while nobody watched."""
-    if job.pid and _pid_alive(job.pid, job.id):
+    if _alive(job):
         return job
+    with _store(job.dir.parent):  # decide again on the current job.json: another app may have recorded the end
+        job = _load(job.dir, adopt=False)
+        if not job.running or _alive(job):
+            return job
+        return _record_gone(job)
+
+
+def _record_gone(job: Job) -> Job:
     events = job.events()
     if events and events[-1].get("type") == "done" and not job.stop_requested:
         # finished while no app watched it: the exit code was not recorded, the run reported success
-        return _update(job.dir, status="done", ended=events[-1].get("time") or time.time(),
+        changes = dict(status="done", ended=events[-1].get("time") or time.time(),
                        note="finished while the app was not watching")
-    status = "stopped" if job.stop_requested else "failed (interrupted)"
-    ended = events[-1].get("time") if events else None
-    return _update(job.dir, status=status, ended=ended or time.time(),
-                   note=job.note or "the process ended without finishing (the app or machine was restarted)")
+    else:
+        ended = events[-1].get("time") if events else None
+        changes = dict(status="stopped" if job.stop_requested else "failed (interrupted)", ended=ended or time.time(),
+                       note=job.note or "the process ended without finishing (the app or machine was restarted)")
+    try:
+        return _update(job.dir, **changes)
+    except OSError:  # cannot write (disk full, read-only): still report it as ended, not running
+        return _from_dict({**asdict(job), **changes}, job.dir)
 
 
 def _update(folder: Path, **changes) -> Job:
-    with _LOCK_FILE:
+    with _store(folder.parent):
         data = json.loads((folder / "job.json").read_text(encoding="utf-8"))
         data.update(changes)
         job = _from_dict(data, folder)
@@ -341,9 +428,8 @@ def _update(folder: Path, **changes) -> Job:
         return job
 
 
-
 def _save(job: Job) -> None:
-    with _LOCK_FILE:
+    with _store(job.dir.parent):
         tmp = job.dir / "job.json.tmp"
         tmp.write_text(json.dumps(asdict(job), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, job.dir / "job.json")
@@ -353,43 +439,3 @@ def _new_group() -> dict:
     if os.name == "nt":
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     return {"start_new_session": True}
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        if os.name == "nt":
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-
-
-def _pid_alive(pid: int, job_id: str) -> bool:
-    """Is `pid` still this job's process (and not a reused pid)?"""
-    if os.name == "nt":
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        ctypes.windll.kernel32.CloseHandle(handle)
-        return code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        try:
-            text = cmdline.read_bytes()
-        except OSError:
-            return False
-        if not text:  # a zombie: exited, not yet reaped
-            return False
-        return job_id.encode() in text
-    return True
