@@ -91,3 +91,48 @@ def test_describe_requires_config(tmp_path):
         registry.describe_model(tmp_path)
     path = registry.write_registry_markdown()
     assert "(none yet" in Path(path).read_text()
+
+
+def test_import_copies_only_model_files_and_refuses_links_leaving_the_folder(tiny_bert, tmp_path, monkeypatch):
+    source = tiny_bert("linked")
+    private = tmp_path / "private.txt"
+    private.write_text("secret")
+    (source / "notes.txt").symlink_to(private)  # not a model file: never copied, link or not
+    (source / "notes2.txt").write_text("mine")
+    (source / "sub").mkdir()
+    (source / "sub" / "weights.safetensors").write_bytes(b"x")
+    (source / "README.md").write_text("# card")
+    (source / "vocab.txt").rename(source / "vocab-real.txt")
+    (source / "vocab.txt").symlink_to("vocab-real.txt")  # inside the folder: its content is copied
+    path = registry.import_model(source, name="linked-copy")
+    copied = sorted(p.name for p in path.iterdir())
+    assert copied == ["README.md", "config.json", "model.safetensors", "qtinker_source.json", "tokenizer.json",
+                      "tokenizer_config.json", "vocab.txt"]
+    assert not (path / "vocab.txt").is_symlink() and (path / "vocab.txt").read_text() == (source / "vocab-real.txt").read_text()
+    assert not any("secret" in p.read_text(errors="replace") for p in path.iterdir() if p.suffix != ".safetensors")
+
+    (source / "tokenizer_config.json").rename(tmp_path / "outside.json")
+    (source / "tokenizer_config.json").symlink_to(tmp_path / "outside.json")
+    with pytest.raises(QTinkerError, match=r"tokenizer_config.json is a link to .*outside.json, outside the folder; "
+                                           r"refusing to import it \(copy the folder without links"):
+        registry.import_model(source, name="refused")
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["MODEL_REGISTRY.md", "linked-copy"]
+
+
+def test_import_caps_file_sizes(tiny_bert, monkeypatch):
+    source = tiny_bert("big")
+    monkeypatch.setattr(registry, "MAX_OTHER_FILE", 1000)
+    with pytest.raises(QTinkerError, match=r"big: tokenizer.json is 0 MB, over the 0 MB limit for such a file"):
+        registry.import_model(source)
+    monkeypatch.setattr(registry, "MAX_OTHER_FILE", 100 << 20)
+    monkeypatch.setattr(registry, "MAX_IMPORT_BYTES", 10_000)
+    with pytest.raises(QTinkerError, match=r"the model files total 0.0 GB, over the 0 GB import limit"):
+        registry.import_model(source)
+
+
+@pytest.mark.parametrize("name", [".", "..", "C:x", "a/b", "NUL"])
+def test_import_names_stay_inside_the_models_folder(tiny_bert, tmp_path, name):
+    source = tiny_bert("named")
+    with pytest.raises(QTinkerError, match=rf"--name '{name}': .*use a plain folder name"):
+        registry.import_model(source, name=name)
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())

@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from qtinker import paths
 from qtinker.errors import QTinkerError
+from qtinker.fsutil import safe_name
 
 REGISTRY_FILE = "MODEL_REGISTRY.md"
 PROVENANCE_FILE = "qtinker_source.json"
@@ -152,17 +154,60 @@ def list_local_models(models_dir=None, outputs_dir=None) -> list[LocalModel]:
     return found
 
 
+# What an import copies: the files a model folder is loaded from, and nothing else (no notes, no caches,
+# no subfolders). Weights are safetensors only: the loaders refuse pickles (pytorch_model*.bin).
+MODEL_FILES = ("config*.json", "*.safetensors", "model.safetensors.index.json",
+               "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+               "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",  # RoBERTa / XLM-R tokenizers
+               PROVENANCE_FILE, "README.md",
+               "quantization.json", "run_config.json", "quantize_config.json", "metrics.json",  # QTinker's records
+               "source_metrics.json", "source_run_config.json")
+MAX_WEIGHTS_FILE = 8 << 30  # xlm-roberta-large is 2.2 GB; a bigger single file is not a BERT
+MAX_OTHER_FILE = 100 << 20  # the largest tokenizer.json (XLM-R) is ~17 MB
+MAX_IMPORT_BYTES = 16 << 30
+
+
+def model_files(root: Path, what: str) -> list[Path]:
+    """The files of `root` that an import copies, checked: no link leaving the folder, sizes capped.
+
+    A link whose target lies inside the folder is followed (its content is copied); one that leaves it is
+    refused, since copying it would pull in a file the user never meant to share."""
+    root = root.resolve()
+    chosen, total = [], 0
+    for path in sorted(root.iterdir()):
+        if not any(path.match(pattern) for pattern in MODEL_FILES):
+            continue
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(root):
+                raise QTinkerError(f"{what}: {path.name} is a link to {target}, outside the folder; refusing to import "
+                                   f"it (copy the folder without links, e.g. `cp -rL`, and import the copy)")
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        cap = MAX_WEIGHTS_FILE if path.suffix == ".safetensors" else MAX_OTHER_FILE
+        if size > cap:
+            raise QTinkerError(f"{what}: {path.name} is {size / 2**20:.0f} MB, over the {cap / 2**20:.0f} MB limit for "
+                               f"such a file; this is not a BERT-family model folder")
+        total += size
+        chosen.append(path)
+    if total > MAX_IMPORT_BYTES:
+        raise QTinkerError(f"{what}: the model files total {total / 2**30:.1f} GB, over the {MAX_IMPORT_BYTES >> 30} GB "
+                           f"import limit; this is not a BERT-family model folder")
+    return chosen
+
+
 def import_model(path, name=None, models_dir=None, events=None) -> Path:
-    """Copy a local HF model folder or zip (or a Google TF checkpoint, converted) into the models folder."""
+    """Copy a local HF model folder or zip (or a Google TF checkpoint, converted) into the models folder.
+
+    Only model files are copied (MODEL_FILES); links leaving the folder are refused (see model_files)."""
     from qtinker.convert import (convert_folder, extract_zip, file_sha256, find_bert_root, staging_dir,
                                  write_provenance)
 
     path = Path(path)
     if not path.exists():
         raise QTinkerError(f"{path}: no such file or folder; pass a model folder or a .zip of one")
-    name = name or (path.stem if path.is_file() else path.name)
-    if not name or name.startswith(".") or "/" in name or "\\" in name:
-        raise QTinkerError(f"--name {name!r}: not a usable folder name; use letters, digits, - and _")
+    name = safe_name(name or (path.stem if path.is_file() else path.resolve().name), "--name")
     dest = Path(models_dir or paths.models_dir()) / name
     if dest.exists():
         raise QTinkerError(f"{dest}: already exists; choose another --name or delete that folder")
@@ -178,11 +223,18 @@ def import_model(path, name=None, models_dir=None, events=None) -> Path:
         if (root / "bert_config.json").exists() and not (root / "config.json").exists():
             convert_folder(find_bert_root(root, str(path)), stage / "model", provenance=provenance, events=events)
         else:
+            files = model_files(root, str(path))  # before reading anything: a link may point anywhere
             info = describe_model(root)
-            if not list(root.glob("*.safetensors")):
+            if not any(f.suffix == ".safetensors" for f in files):
                 raise QTinkerError(f"{path}: no *.safetensors weights (QTinker loads safetensors only, never pickles); "
                                    f"re-save the model with save_pretrained(safe_serialization=True)")
-            shutil.copytree(root, stage / "model", ignore=shutil.ignore_patterns(".git", ".cache", "*.part", "__pycache__"))
+            kept = {f.name for f in files}
+            left = sorted(p.name for p in Path(root).iterdir() if p.name not in kept)
+            (stage / "model").mkdir()
+            for f in files:  # a link inside the folder: its content
+                (os.replace if path.is_file() else shutil.copyfile)(f, stage / "model" / f.name)  # zip: already a copy
+            if left and events:
+                events.log(f"not copied (not model files): {', '.join(left[:20])}{' …' if len(left) > 20 else ''}")
             previous = _read_json(root / PROVENANCE_FILE)
             write_provenance(stage / "model", {**provenance, "model_type": info.model_type,
                                                **({"origin": previous} if previous else {})})
