@@ -145,6 +145,8 @@ def bad_zip(members: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
     (bad_zip({"../evil.txt": b"x", "bert_config.json": b"{}"}), "unsafe path '../evil.txt'"),
     (bad_zip({"bert_config.json": b"{}"}, links=("vocab.txt",)), "symbolic link"),
     (bad_zip({"readme.txt": b"hello"}), "not a BERT checkpoint"),
+    (bad_zip({"m/a": b"file", "m/a/b": b"x"}), "'m/a' is both a file and a folder in the archive, so it cannot be extracted"),
+    (bad_zip({"m/A": b"file", "m/a/": b""}), "'m/A' is both a file and a folder in the archive"),
     (bad_zip({"m/bert_config.json": b'{"hidden_size": 2}', "m/vocab.txt": b"a", "m/bert_model.ckpt.index": b"x"}),
      "not a BERT config \\(missing vocab_size"),
 ])
@@ -216,6 +218,13 @@ def test_cased_catalog_model_keeps_case(monkeypatch, tmp_path):
         path = download.download_model("bert-base-cased")
     tok = AutoTokenizer.from_pretrained(path)
     assert tok.do_lower_case is False and tok.tokenize("the King") == ["the", "[UNK]"]
+
+
+@pytest.mark.parametrize("name", [".", "..", "C:x", "a/b", "com1"])
+def test_download_names_stay_inside_the_models_folder(tmp_path, name):
+    with pytest.raises(QTinkerError, match=rf"--name '{name}': .*use a plain folder name"):
+        download.download_url("http://127.0.0.1:9/a.zip", name, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):

@@ -246,6 +246,7 @@ def extract_zip(archive: Path, target: Path, events=None, label: str | None = No
                 raise QTinkerError(f"{shown}: unsafe path {info.filename!r} in the archive (outside the folder); refusing to extract it")
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise QTinkerError(f"{shown}: {info.filename!r} is a symbolic link; refusing archives with links")
+        _check_no_file_folder_clash(infos, shown)
         check_disk(target.parent.parent if target.parent.name.startswith(".qtinker-tmp-") else target.parent, total, f"extracting {shown}")
         target.mkdir(parents=True, exist_ok=True)
         try:
@@ -266,6 +267,21 @@ def extract_zip(archive: Path, target: Path, events=None, label: str | None = No
     if events:
         events.log(f"extracted {len(infos)} files ({total / 1e6:.1f} MB) from {shown}")
     return target
+
+
+def _check_no_file_folder_clash(infos: list[zipfile.ZipInfo], shown: str) -> None:
+    """Refuse an archive holding both a file `a` and a folder `a/` (or `a/b`): it cannot be extracted.
+    Names are compared case-folded, as Windows and macOS file systems do."""
+    files, folders = {}, set()
+    for info in infos:
+        parts = tuple(p.casefold() for p in PurePosixPath(info.filename.replace("\\", "/")).parts)
+        folders.update(parts[:i] for i in range(1, len(parts) + info.is_dir()))
+        if not info.is_dir():
+            files.setdefault(parts, info.filename)
+    clash = next((name for parts, name in files.items() if parts in folders), None)
+    if clash is not None:
+        raise QTinkerError(f"{shown}: {clash!r} is both a file and a folder in the archive, so it cannot be extracted; "
+                           "zip the model folder again")
 
 
 def import_tf_checkpoint(path, out, events=None, lower_case: bool | None = None, overwrite: bool = False) -> Path:

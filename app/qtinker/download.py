@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from qtinker import paths
 from qtinker.convert import DiskSpaceError, _disk_full, check_disk, extract_zip, staging_dir
 from qtinker.errors import QTinkerError
+from qtinker.fsutil import safe_name
 
 CHUNK = 1 << 20
 RETRIES = 5  # attempts in a row without progress before giving up
@@ -255,9 +256,7 @@ def download_model(name: str, source: str = "gcs", models_dir=None, events=None)
 
 
 def _destination(name: str, models_dir) -> Path:
-    if not name or name.startswith(".") or "/" in name or "\\" in name:
-        raise QTinkerError(f"--name {name!r}: not a usable folder name; use letters, digits, - and _")
-    dest = Path(models_dir or paths.models_dir()) / name
+    dest = Path(models_dir or paths.models_dir()) / safe_name(name, "--name")
     if dest.exists() and not is_model_folder(dest):
         raise QTinkerError(f"{dest}: exists but is not a model folder; remove it or choose another --name")
     return dest
