@@ -133,3 +133,31 @@ def test_cli_export(tiny_bert, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("x.zip")
     assert main(["export", str(tmp_path / "nope"), "--zip", str(tmp_path / "y.zip")]) == 2
     assert "no such model folder" in capsys.readouterr().err
+
+
+def test_cli_failure_is_printed_once_and_recorded_once(tmp_path, capsys):
+    import json
+
+    from qtinker.cli import main
+
+    events = tmp_path / "ev.jsonl"
+    assert main(["export", "/nonexistent", "--events", str(events)]) == 2
+    captured = capsys.readouterr()
+    failures = [line for line in captured.err.splitlines() if "no such model folder" in line]
+    assert failures == [failures[0]] and failures[0].startswith("qtinker: /nonexistent: no such model folder")
+    assert captured.out == ""
+    kinds = [json.loads(line)["type"] for line in events.read_text().splitlines()]
+    assert kinds == ["start", "error"]
+
+
+def test_zip_members_are_readable_by_everyone(tiny_bert, tmp_path):
+    import os
+    import stat
+    import zipfile
+
+    folder = tiny_bert(num_labels=2)
+    os.chmod(folder / "config.json", 0o600)  # e.g. written through a temporary file
+    with zipfile.ZipFile(export_zip(folder, tmp_path / "z.zip")) as zf:
+        modes = {info.filename: stat.S_IMODE(info.external_attr >> 16) for info in zf.infolist()}
+    assert "tiny/README.md" in modes and "tiny/config.json" in modes
+    assert set(modes.values()) == {0o644}

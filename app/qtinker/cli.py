@@ -14,6 +14,7 @@ import sys
 
 from qtinker import __version__
 from qtinker.errors import QTinkerError
+from qtinker.events import Events, Stopped
 
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = full.parse_args(argv)
     try:
         return int(getattr(module, f"run_{attr}")(args) or 0)
-    except QTinkerError as exc:
+    except QTinkerError as exc:  # the one place a failure is shown: one line, exit 2
+        _record(args, "stopped" if isinstance(exc, Stopped) else "error", str(exc))
         print(f"qtinker: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -66,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `qtinker models | head`
         sys.stderr.close()
         return 0
+    except Exception as exc:  # a bug: recorded for the Jobs tab, and its traceback kept
+        _record(args, "error", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _record(args: argparse.Namespace, kind: str, message: str) -> None:
+    """The run's last event in its --events file (the UI's jobs read why a run ended there); under torchrun
+    only rank 0 writes it, as it writes every other event."""
+    if getattr(args, "events", None) and os.environ.get("RANK", "0") in ("", "0"):
+        Events(args.events, echo=False).emit(kind, message=message)
 
 
 if __name__ == "__main__":

@@ -325,10 +325,6 @@ def run_import_tf(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else paths.models_dir() / (path.name[:-4] if path.suffix == ".zip" else path.name)
     events = Events(args.events)
     events.emit("start", stage="import-tf", path=str(path), out=str(out))
-    try:
-        result = import_tf_checkpoint(path, out, events=events, lower_case=args.lower_case, overwrite=args.overwrite)
-    except QTinkerError as exc:
-        Events(args.events, echo=False).emit("error", message=str(exc))  # the CLI prints the line itself
-        raise
+    result = import_tf_checkpoint(path, out, events=events, lower_case=args.lower_case, overwrite=args.overwrite)
     print(result)
     return 0

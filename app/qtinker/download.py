@@ -388,20 +388,16 @@ def configure_download(parser: argparse.ArgumentParser) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from qtinker.events import Events, Stopped
+    from qtinker.events import Events
 
     if args.url and (not args.name or args.model):
         raise QTinkerError("--url: pass --name NAME (the folder to create under the models dir) and no catalog NAME")
     if not args.url and (not args.model or args.name):
         raise QTinkerError("download: give a catalog model NAME (see `qtinker models`), or --url URL --name NAME")
-    events = Events(args.events, echo=True, stop_file=args.stop_file)
-    try:
-        if args.url:
-            path = download_url(args.url, args.name, args.models_dir, events, lower_case=args.lower_case)
-        else:
-            path = download_model(args.model, args.source, args.models_dir, events)
-    except QTinkerError as exc:
-        Events(args.events, echo=False).emit("stopped" if isinstance(exc, Stopped) else "error", message=str(exc))
-        raise
+    events = Events(args.events, echo=True, stop_file=args.stop_file)  # failures (and Stop): cli.main
+    if args.url:
+        path = download_url(args.url, args.name, args.models_dir, events, lower_case=args.lower_case)
+    else:
+        path = download_model(args.model, args.source, args.models_dir, events)
     print(path, file=sys.stdout)
     return 0

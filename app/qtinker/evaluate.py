@@ -214,21 +214,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise QTinkerError(f"--batch-size {args.batch_size} / --max-length {args.max_length}: "
                            "use a batch size of at least 1 and a max length of at least 2")
     events = Events(args.events, echo=False) if args.events else None
-    try:
-        if events:
-            events.emit("start", command="evaluate", model=args.model, data=args.data)
-        # The data first: a mistake in it shows in a second, before the model loads.
-        task = args.task or ("regression" if _saved_num_labels(args.model) == 1 else "classification")
-        data = load_labelled(args.data, args.text_column, args.text_pair_column, args.label_column, task=task, min_classes=1)
-        from transformers.utils import logging as hf_logging
+    if events:
+        events.emit("start", command="evaluate", model=args.model, data=args.data)
+    # The data first: a mistake in it shows in a second, before the model loads.
+    task = args.task or ("regression" if _saved_num_labels(args.model) == 1 else "classification")
+    data = load_labelled(args.data, args.text_column, args.text_pair_column, args.label_column, task=task, min_classes=1)
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # a "Loading weights" bar would sit between the user and the metrics
-        model, tokenizer = load_classifier(args.model, device=args.device)
-        result = evaluate_model(model, tokenizer, data, args.batch_size, args.max_length, args.device)
-    except QTinkerError as exc:
-        if events:
-            events.emit("error", message=str(exc))
-        raise
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar would sit between the user and the metrics
+    model, tokenizer = load_classifier(args.model, device=args.device)
+    result = evaluate_model(model, tokenizer, data, args.batch_size, args.max_length, args.device)
     result = {"model": str(args.model), "data": str(args.data), **result}
     if events:
         events.emit("done", result={k: v for k, v in result.items() if k != "predictions"})

@@ -20,11 +20,12 @@ import copy
 import json
 import os
 import shutil
-import tempfile
+import stat
 import zipfile
 from pathlib import Path
 
 from qtinker.errors import QTinkerError
+from qtinker.fsutil import temp_file
 
 QUANTIZED_WEIGHTS = "quantized_model.safetensors"
 MARKER = "quantization.json"
@@ -362,8 +363,7 @@ def export_zip(model_dir: str | Path, zip_path: str | Path | None = None, overwr
         raise QTinkerError(f"{zip_path}: already exists; choose another --zip or pass --overwrite")
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     card = render_model_card(folder)
-    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".part", dir=zip_path.parent)
-    os.close(fd)
+    tmp = temp_file(zip_path)
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(f"{folder.name}/README.md", card)
@@ -380,6 +380,8 @@ def export_zip(model_dir: str | Path, zip_path: str | Path | None = None, overwr
                             continue
                         rel = "ORIGINAL_README.md"
                     zf.write(path, f"{folder.name}/{rel}")
+            for info in zf.infolist():  # read by anyone who unzips it, whatever the modes here (writestr's is 0600)
+                info.external_attr = (stat.S_IFREG | 0o644) << 16  # kept in the central directory, written on close
         os.replace(tmp, zip_path)
     finally:
         if os.path.exists(tmp):
@@ -407,12 +409,8 @@ def run_export(args) -> int:
     from qtinker.events import Events
 
     events = Events(args.events, echo=True)
-    try:
-        events.emit("start", model=args.model)
-        path = export_zip(args.model, args.zip, overwrite=args.overwrite, events=events)
-    except Exception as exc:
-        events.emit("error", message=str(exc))
-        raise
+    events.emit("start", model=args.model)
+    path = export_zip(args.model, args.zip, overwrite=args.overwrite, events=events)  # failures: cli.main
     events.emit("done", result=str(path))
     print(path)
     return 0

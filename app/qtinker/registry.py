@@ -277,11 +277,6 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 def run_import(args: argparse.Namespace) -> int:
     from qtinker.events import Events
 
-    events = Events(args.events)
-    try:
-        path = import_model(args.path, args.name, args.models_dir, events)
-    except QTinkerError as exc:
-        Events(args.events, echo=False).emit("error", message=str(exc))  # the CLI prints the line itself
-        raise
+    path = import_model(args.path, args.name, args.models_dir, Events(args.events))  # failures: cli.main
     print(path)
     return 0
