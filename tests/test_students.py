@@ -40,6 +40,20 @@ def test_student_from_config_keeps_the_vocabulary(tiny_bert):
         st.student_from_config(teacher, 1, 30, 4)
 
 
+@pytest.mark.parametrize("sizes, message", [
+    ((2, 64, 0), r"student_config: heads 0; use at least 1 attention head, e.g. 2,64,8"),
+    ((2, 64, -2), r"student_config: heads -2; use at least 1 attention head"),
+    ((0, 64, 2), r"student_config: 0 layers of width 64; use at least 1 layer and width 8"),
+    ((2, 0, 2), r"student_config: 2 layers of width 0; use at least 1 layer and width 8"),
+    ((2, 64, 2, -1), r"student_config: intermediate size -1; use a positive size, or leave it out"),
+])
+def test_student_config_with_zero_sizes_is_one_line(tiny_bert, sizes, message):
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert("t", num_labels=2))
+    with pytest.raises(QTinkerError, match=message) as info:
+        st.student_from_config(teacher, *sizes)
+    assert "\n" not in str(info.value)
+
+
 def test_vocabulary_mismatch_is_refused(tiny_bert, tmp_path):
     teacher_tok = AutoTokenizer.from_pretrained(tiny_bert("t"))
     other = tmp_path / "other"

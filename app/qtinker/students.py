@@ -145,10 +145,15 @@ def _blocks_prefix(model: nn.Module) -> str:
 
 def student_from_config(teacher: nn.Module, layers: int, hidden: int, heads: int, intermediate: int | None = None) -> nn.Module:
     """A randomly initialised student of the teacher's class and vocabulary with new sizes."""
-    if hidden % heads:
-        raise QTinkerError(f"student_config: hidden {hidden} is not divisible by heads {heads}; e.g. {hidden},{_divisor(hidden)}")
     if layers < 1 or hidden < 8:
         raise QTinkerError(f"student_config: {layers} layers of width {hidden}; use at least 1 layer and width 8")
+    if heads < 1:
+        raise QTinkerError(f"student_config: heads {heads}; use at least 1 attention head, e.g. {layers},{hidden},{_divisor(hidden)}")
+    if intermediate is not None and intermediate < 0:
+        raise QTinkerError(f"student_config: intermediate size {intermediate}; use a positive size, or leave it out "
+                           f"(default 4 × hidden = {4 * hidden})")
+    if hidden % heads:
+        raise QTinkerError(f"student_config: hidden {hidden} is not divisible by heads {heads}; e.g. {hidden},{_divisor(hidden)}")
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = layers
     config.hidden_size = hidden
