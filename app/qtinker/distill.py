@@ -243,6 +243,8 @@ def _distill(config: DistillConfig, events: Events) -> dict:
         if extra:
             events.log(f"augmentation: {len(extra)} unlabelled examples get the teacher's soft targets")
     cache_start = time.perf_counter()
+    if not mlm and config.cache_teacher:
+        events.emit("progress", stage="teacher-cache", message=f"{len(examples)} examples")
     if mlm:
         cache = None
     elif config.disk_cache:  # memory-mapped files, written once (split across this machine's processes)
@@ -256,6 +258,7 @@ def _distill(config: DistillConfig, events: Events) -> dict:
     cache_seconds = time.perf_counter() - cache_start
 
     # ---- teacher reference on the eval data
+    events.emit("progress", stage="evaluate", message=f"the teacher on {len(eval_texts if mlm else eval_data)} examples")
     if mlm:
         teacher_eval = evaluate_mlm(teacher, None, tokenizer, eval_texts, config, device, stage_events)
     else:
@@ -366,6 +369,7 @@ def _distill(config: DistillConfig, events: Events) -> dict:
         if stopped:
             break
         # ---- end of epoch: evaluate, keep the best student, maybe stop early
+        events.emit("progress", stage="evaluate", message=f"the student after epoch {epoch + 1}")
         try:
             if mlm:
                 result = evaluate_mlm(student, teacher, tokenizer, eval_texts, config, device, stage_events)

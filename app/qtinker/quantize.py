@@ -295,6 +295,8 @@ def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
 
     # --- before
     events.log(f"measuring the float model on {device} ({torch.get_num_threads()} threads)")
+    timing = "accuracy, then latency eager" + (" and compiled (compiling takes a while)" if config.compile else "")
+    events.emit("progress", stage="measure-float", message=timing)
     before = _measure(model, tokenizer, data, config, device, events, "before")
     if config.scheme in ONNX_SCHEMES:  # export, fuse, (int8), measure, save: same gate, other runtime
         from qtinker.onnx_export import quantize_to_onnx
@@ -302,6 +304,7 @@ def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
         return quantize_to_onnx(config, source, out, model, tokenizer, data, before, events)
 
     # --- quantize
+    events.emit("progress", stage="quantize", message=config.scheme)
     plans = plan_layers(model, config)
     quantized = apply_plan(copy.deepcopy(model), plans, config)
     skipped = [{"name": p.name, "kind": p.kind, "reason": p.reason} for p in plans if p.action == "float"]
@@ -310,11 +313,13 @@ def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     events.log(f"quantized {sum(p.action not in ('float',) for p in plans)} of {len(plans)} layers with {config.scheme}")
 
     # --- after
+    events.emit("progress", stage="measure-quantized", message=timing)
     after = _measure(quantized, tokenizer, data, config, device, events, "after",
                      reference=before.get("predictions"))
     fidelity = _output_cosine(model, quantized, tokenizer, device)
 
     # --- save, reload, check
+    events.emit("progress", stage="save", message="saving, reloading and comparing outputs")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -51,13 +52,18 @@ def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs:
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total = steps_per_epoch * epochs
     scheduler = linear_schedule(optimizer, total // 10, total)
-    step = load_checkpoint(checkpoint, model, optimizer, scheduler) if checkpoint.exists() else 0
-    if step:
+    resumed = checkpoint.exists()  # (a Stop right after the start leaves one at step 0)
+    step = load_checkpoint(checkpoint, model, optimizer, scheduler) if resumed else 0
+    if resumed:
         events.log(f"teacher: continuing the fine-tuning of {teacher_path} at step {step}/{total} ({checkpoint})")
     else:
         events.log(f"teacher: {teacher_path} has no head for these {data.num_labels} labels; "
                    f"fine-tuning it for {epochs} epochs")
     c = DistillConfig(max_length=max_length)
+    # progress at the start and every ~2 s (not every N steps: a CPU step can take seconds), with speed and ETA
+    events.emit("progress", stage="teacher", step=step, total_steps=total, epoch=step // steps_per_epoch + 1,
+                epochs=epochs)
+    started, done_here, last_emit = time.perf_counter(), 0, time.time()
     try:
         for epoch in range(step // steps_per_epoch, epochs):
             order = batch_order([len(e["input_ids"]) for e in examples], batch_size, seed, epoch, True)
@@ -77,9 +83,14 @@ def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs:
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                if step % 20 == 0 or step == total:
+                done_here += 1
+                if time.time() - last_emit > 2 or step == total:
+                    last_emit = time.time()
+                    seconds = time.perf_counter() - started
                     events.emit("progress", stage="teacher", step=step, total_steps=total, epoch=epoch + 1,
-                                epochs=epochs, loss=round(float(loss.detach()), 5))
+                                epochs=epochs, loss=round(float(loss.detach()), 5),
+                                examples_per_s=round(done_here * batch_size / seconds, 1),
+                                eta_s=round((total - step) * seconds / done_here, 1))
             if epoch + 1 < epochs:  # a kill loses at most one epoch (the last one is saved as the result)
                 save_checkpoint(checkpoint, model, optimizer, scheduler, step)
     except Stopped:

@@ -177,16 +177,21 @@ def stop_latest() -> str:
     return f"Stopping `{job.id}` at the next step; its checkpoint is kept (continue later with --resume)."
 
 
+def progress_text(job) -> str:
+    warn = live.warnings_markdown(job)
+    return live.progress_markdown(job) + ("\n\n" + warn if warn else "")
+
+
 def view(seen: tuple):
     """Once a second (and on page load): the latest distillation's live state. seen: (signature, series drawn)."""
     job = jobs.latest_job("distill")
     sig = live.signature(job)
     last_sig, drawn = seen or (None, ())
-    if sig == last_sig:
-        return (*[gr.skip()] * 6, seen)
+    if sig == last_sig:  # nothing new on disk; while running the clocks (elapsed, ETA) still move
+        head = (live.status_markdown(job, "distillation"), progress_text(job)) if job and job.running else (gr.skip(),) * 2
+        return (*head, *[gr.skip()] * 4, seen)
     plot, drawn = live.plot_value(live.loss_frame(job), "series", drawn)
-    warn = live.warnings_markdown(job)
-    return (live.status_markdown(job, "distillation"), live.progress_markdown(job) + ("\n\n" + warn if warn else ""),
+    return (live.status_markdown(job, "distillation"), progress_text(job),
             plot, live.eval_frame(job), live.log_text(job, 8), gr.update(interactive=bool(job and job.running)),
             (sig if drawn is not None else None, drawn or ()))
 

@@ -58,7 +58,10 @@ def stop(job_id: str | None) -> str:
 def _tick(job_id: str | None, seen: tuple):
     listed = jobs.list_jobs()
     sig = tuple(live.signature(j) for j in listed)
-    if sig == seen:
+    if sig == seen:  # nothing new on disk; the selected running job's clocks still move
+        if any(j.id == job_id and j.running for j in listed):
+            status, progress, _ = job_details(job_id)
+            return gr.skip(), gr.skip(), status, progress, gr.skip(), gr.skip(), seen
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen
     choices = [(f"{j.id} · {j.title or j.command} · {j.status}", j.id) for j in listed]
     selected = job_id if job_id in {j.id for j in listed} else (listed[0].id if listed else None)

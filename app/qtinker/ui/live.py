@@ -79,45 +79,96 @@ def status_markdown(job: Job | None, what: str = "job") -> str:
     return head
 
 
-def progress_markdown(job: Job | None) -> str:
-    """Step / epoch / ETA / examples per second of a training or quantize run, bytes for a download."""
+STAGES = {"teacher": "fine-tuning teacher", "teacher-cache": "caching teacher outputs", "train": "training student",
+          "evaluate": "evaluating", "download": "downloading", "measure-float": "measuring the float model",
+          "quantize": "quantizing", "measure-quantized": "measuring the quantized model",
+          "save": "saving and checking the reload"}
+RETRY = re.compile(r"retry (\d+)/(\d+) in (\d+(?:\.\d+)?)\s*s")
+
+
+def stage_name(stage: str | None) -> str:
+    """A stage key of the library's progress events, in words ("teacher" -> "fine-tuning teacher")."""
+    return STAGES.get(stage or "train", str(stage).replace("-", " "))
+
+
+def progress_markdown(job: Job | None, now: float | None = None) -> str:
+    """What the run is doing now: the stage in words, step / epoch, loss, speed, an ETA that counts down and the
+    time spent in the stage (both move every second even when events are minutes apart), a retry in progress."""
     if job is None:
         return ""
+    now = now or time.time()
     events = job.events()
     p = last(events, "progress")
+    said = [e for e in events if e.get("type") in ("log", "warning")]
+    note = said[-1] if said and (p is None or said[-1].get("time", 0) >= p.get("time", 0)) else None
     if p is None:
-        note = last(events, "log")
-        return "Starting…" + (f" {note.get('message')}" if note else "") if job.running else ""
+        if not job.running:
+            return ""
+        retry = retry_text(note, now) if note is not None and note.get("type") == "warning" else None
+        return retry or ("Starting…" + (f" {note.get('message')}" if note else "") + f" · {human_seconds(now - job.started)}")
     if p.get("stage") == "download" or "bytes" in p:
-        return download_progress(p)
+        text = download_progress(p, now if job.running else None)
+    else:
+        text = step_progress(p, stage_started(events, p), now if job.running else None)
+    retry = retry_text(note, now) if job.running and note is not None and note.get("type") == "warning" else None
+    return text + (f" · {retry}" if retry else "")
+
+
+def stage_started(events: list[dict], p: dict) -> float:
+    """When the stage of progress event `p` began: its first progress event since another stage's."""
+    started = p.get("time", 0)
+    for e in reversed(events):
+        if e.get("type") != "progress":
+            continue
+        if e.get("stage") != p.get("stage"):
+            break
+        started = e.get("time", started)
+    return started
+
+
+def step_progress(p: dict, stage_start: float, now: float | None) -> str:
+    """now: the current time while the job runs (ETA counts down, stage clock runs); None once it ended."""
     parts = []
+    if p.get("epochs"):
+        parts.append(f"epoch {p.get('epoch')}/{p['epochs']}")
     if p.get("total_steps"):
         pct = 100 * p.get("step", 0) / max(1, p["total_steps"])
-        parts.append(f"step **{p.get('step')} / {p['total_steps']}** ({pct:.0f}%)")
+        parts.append(f"step **{p.get('step')}/{p['total_steps']}** ({pct:.0f}%)")
     elif "step" in p:
         parts.append(f"step **{p['step']}**")
-    if p.get("epochs"):
-        parts.append(f"epoch {p.get('epoch')} / {p['epochs']}")
     if p.get("loss") is not None:
         parts.append(f"loss {float(p['loss']):.4f}")
     if p.get("examples_per_s"):
         parts.append(f"{float(p['examples_per_s']):.1f} examples/s")
-    if job.running and p.get("eta_s") is not None:
-        parts.append(f"ETA {human_seconds(p['eta_s'])}")
-    if p.get("stage") and p.get("stage") != "train":
-        parts.insert(0, f"{p['stage']}:")
     if p.get("message"):
         parts.append(str(p["message"]))
-    return " · ".join(parts)
+    if now is not None:
+        if p.get("eta_s") is not None:
+            parts.append(f"ETA {human_seconds(max(0.0, float(p['eta_s']) - (now - p.get('time', now))))}")
+        parts.append(f"{human_seconds(now - stage_start)} in this stage")
+    return f"**{stage_name(p.get('stage'))}**" + (": " + " · ".join(parts) if parts else "")
 
 
-def download_progress(p: dict) -> str:
+def retry_text(warning: dict, now: float) -> str | None:
+    """A download's retry warning as "connection … failed (…): retrying in 3 s (retry 2/5)", counting down
+    (None for other warnings: the warnings list shows those)."""
+    message = str(warning.get("message", ""))
+    found = RETRY.search(message)
+    if not found:
+        return None
+    retry, retries, delay = int(found.group(1)), int(found.group(2)), float(found.group(3))
+    left = max(0.0, delay - (now - warning.get("time", now)))
+    reason = message.split(";")[0]
+    return f"{reason}: retrying in {human_seconds(left)} (retry {retry}/{retries})"
+
+
+def download_progress(p: dict, now: float | None = None) -> str:
     got, total = p.get("bytes"), p.get("total")
     text = f"{human_bytes(got)}" + (f" of {human_bytes(total)} ({100 * got / total:.0f}%)" if total and got is not None else "")
     if p.get("speed"):
         text += f" · {human_bytes(p['speed'])}/s"
     if p.get("eta") is not None:
-        text += f" · ETA {human_seconds(p['eta'])}"
+        text += f" · ETA {human_seconds(max(0.0, float(p['eta']) - ((now or p.get('time', 0)) - p.get('time', 0))))}"
     if p.get("file"):
         text += f" · {p['file']}"
     return text

@@ -89,8 +89,8 @@ def _tick(seen: tuple):
     """Once a second: refresh the downloads; refresh the tables when a download finished."""
     recent = jobs.list_jobs("download")[:8]
     sig = tuple(live.signature(j) for j in recent)
-    if sig == seen:
-        return gr.skip(), gr.skip(), gr.skip(), seen
+    if sig == seen:  # nothing new on disk; while downloading the clocks (ETA, retry countdown) still move
+        return (downloads_markdown() if any(j.running for j in recent) else gr.skip()), gr.skip(), gr.skip(), seen
     finished_now = {j.id for j in recent if not j.running} != {s[0] for s in seen if len(s) > 1 and s[1] != "running"}
     tables = (catalog_table(), local_models_table()) if finished_now else (gr.skip(), gr.skip())
     return downloads_markdown(), *tables, sig

@@ -160,10 +160,10 @@ def view(seen: tuple):
     batch = batch_jobs()
     sig = tuple(live.signature(j) for j in batch)
     last_sig, drawn = seen or (None, ())
-    if sig == last_sig:
-        return (*[gr.skip()] * 7, seen)
     status = "\n\n".join(live.status_markdown(j) + ("  \n" + live.progress_markdown(j) if j.running else "")
                          for j in batch) or "No quantization yet."
+    if sig == last_sig:  # nothing new on disk; while running the clocks still move
+        return (status if any(j.running for j in batch) else gr.skip(), *[gr.skip()] * 6, seen)
     table = results(batch)
     current = next((j for j in batch if j.running), batch[-1] if batch else None)
     line, best = recommendation(batch)

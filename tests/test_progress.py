@@ -1,0 +1,95 @@
+"""Live progress a user can trust (issue 13): the teacher's fine-tuning reports its stage, speed and ETA
+every few seconds, and the page's line names the stage, keeps its clocks moving between events and shows a
+download's retries."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from qtinker.events import Events, read_events
+
+WORDS = {"pos": "good great love grace faith heaven".split(), "neg": "sin law king land old never".split()}
+
+
+def write_data(path: Path, n: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    rows = ["text,label"] + [f"{' '.join(rng.choices(WORDS[y], k=6))},{y}" for y in (rng.choice(["pos", "neg"])
+                                                                                     for _ in range(n))]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def job_with_events(tmp_path: Path, events: list[dict], status: str = "running", started: float = 1000.0):
+    """A real Job record whose events file holds `events` (as a run writes them)."""
+    from qtinker.jobs import Job
+
+    job = Job(id="20260101-000000-distill-abcd", command="distill", args=[], status=status, started=started)
+    job._dir = tmp_path / job.id
+    job.dir.mkdir(parents=True)
+    job.events_path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    return job
+
+
+def test_teacher_fine_tuning_reports_from_step_0_with_speed_and_eta(tiny_bert, tmp_path):
+    from qtinker.distill import DistillConfig, distill
+
+    teacher = tiny_bert("bare", layers=2)  # no task head: fine-tuned first
+    train = write_data(tmp_path / "train.csv", 60)
+    kw = dict(teacher=str(teacher), data=str(train), student_from_teacher=1, epochs=1, batch_size=8, teacher_epochs=2)
+    events = Events(tmp_path / "a.jsonl", echo=False)
+    distill(DistillConfig(out=str(tmp_path / "a"), **kw), events)
+    teacher_steps = [e for e in read_events(tmp_path / "a.jsonl") if e["type"] == "progress" and e.get("stage") == "teacher"]
+    assert teacher_steps[0]["step"] == 0 and teacher_steps[0]["epochs"] == 2  # before the first (slow) step
+    assert teacher_steps[-1]["step"] == teacher_steps[-1]["total_steps"] == 2 * 7  # 54 training rows, batches of 8
+    assert teacher_steps[-1]["eta_s"] == 0 and teacher_steps[-1]["examples_per_s"] > 0
+
+
+def test_progress_line_names_the_stage_and_its_clocks_move_between_events(tmp_path):
+    from qtinker.ui import live
+
+    job = job_with_events(tmp_path, [
+        {"type": "start", "time": 1000.0},
+        {"type": "progress", "time": 1010.0, "stage": "teacher", "step": 0, "total_steps": 300, "epoch": 1, "epochs": 3},
+        {"type": "progress", "time": 1100.0, "stage": "teacher", "step": 40, "total_steps": 300, "epoch": 1,
+         "epochs": 3, "loss": 0.5, "examples_per_s": 14.2, "eta_s": 600.0},
+    ])
+    line = live.progress_markdown(job, now=1130.0)
+    assert line.startswith("**fine-tuning teacher**: epoch 1/3 · step **40/300** (13%) · loss 0.5000 · 14.2 examples/s")
+    assert "ETA 9 min 30 s" in line and "2 min 00 s in this stage" in line  # counted from the stage's first event
+    assert "ETA 9 min 00 s" in live.progress_markdown(job, now=1160.0)  # no new event, the ETA still counts down
+    status = live.status_markdown(job)
+    assert f"{live.human_seconds(time.time() - 1000.0)})" in status  # elapsed from the job's start, now
+
+
+def test_quantize_stages_and_a_silent_start_show_a_live_clock(tmp_path):
+    from qtinker.ui import live
+
+    job = job_with_events(tmp_path, [
+        {"type": "start", "time": 1000.0},
+        {"type": "log", "time": 1001.0, "message": "measuring the float model on cpu (2 threads)"},
+    ])
+    assert live.progress_markdown(job, now=1025.0) == "Starting… measuring the float model on cpu (2 threads) · 25 s"
+    job = job_with_events(tmp_path / "q", [
+        {"type": "progress", "time": 1000.0, "stage": "quantize", "message": "int8-dynamic"},
+        {"type": "log", "time": 1002.0, "message": "quantized 16 of 17 layers with int8-dynamic"},
+        {"type": "progress", "time": 1003.0, "stage": "measure-quantized", "message": "accuracy, then latency eager"},
+    ])
+    assert live.progress_markdown(job, now=1063.0) == ("**measuring the quantized model**: accuracy, then latency eager"
+                                                       " · 1 min 00 s in this stage")
+
+
+def test_a_download_retry_counts_down_instead_of_starting(tmp_path):
+    from qtinker.ui import live
+
+    warning = {"type": "warning", "time": 1010.0, "message": "connection to storage.googleapis.com failed (timed out); "
+                                                             "retry 2/5 in 4s, resuming at byte 0"}
+    job = job_with_events(tmp_path, [{"type": "start", "time": 1000.0, "stage": "download"}, warning])
+    assert live.progress_markdown(job, now=1011.0) == ("connection to storage.googleapis.com failed (timed out): "
+                                                       "retrying in 3 s (retry 2/5)")
+    job = job_with_events(tmp_path / "b", [{"type": "progress", "time": 1000.0, "stage": "download", "bytes": 1000,
+                                            "total": 4000}, dict(warning, time=1001.0)])
+    assert live.progress_markdown(job, now=1002.0) == ("1.0 KB of 4.0 KB (25%) · connection to storage.googleapis.com "
+                                                       "failed (timed out): retrying in 3 s (retry 2/5)")
