@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qtinker import registry
+from qtinker import fsutil, registry
 from qtinker.errors import QTinkerError
 from test_download import FIXTURES
 
@@ -136,3 +136,29 @@ def test_import_names_stay_inside_the_models_folder(tiny_bert, tmp_path, name):
     with pytest.raises(QTinkerError, match=rf"--name '{name}': .*use a plain folder name"):
         registry.import_model(source, name=name)
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
+
+
+def test_listing_sweeps_what_a_killed_import_left(tiny_bert, tmp_path):
+    """kill -9 in the middle of an import (and of an export zip), then list: the hidden leftovers are gone."""
+    import os
+    import subprocess
+    import sys
+
+    source = tiny_bert("victim")
+    models, exports = tmp_path / "models", tmp_path / "outputs" / "exports"
+    script = ("import os, sys, shutil\n"
+              "from pathlib import Path\n"
+              "from qtinker.convert import staging_dir\n"
+              "from qtinker.fsutil import temp_file\n"
+              "temp_file(Path(sys.argv[3]) / 'victim.zip')\n"
+              "with staging_dir(Path(sys.argv[2]) / 'victim') as stage:\n"
+              "    shutil.copytree(sys.argv[1], stage / 'model')\n"
+              "    os.kill(os.getpid(), 9)\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(registry.__file__).parents[1]))
+    done = subprocess.run([sys.executable, "-c", script, str(source), str(models), str(exports)], env=env)
+    assert done.returncode == -9
+    assert [p.name.startswith(".qtinker-tmp-") for p in models.iterdir()] == [True]
+    assert [p.name.endswith(".part") for p in exports.iterdir()] == [True]
+    running = fsutil.temp_dir(models / "other")  # a live run's staging folder (this process's) stays
+    assert registry.list_local_models() == []
+    assert [p.name for p in models.iterdir()] == [running.name] and list(exports.iterdir()) == []

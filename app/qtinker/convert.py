@@ -20,13 +20,13 @@ import json
 import re
 import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from qtinker import __version__
 from qtinker.errors import QTinkerError
+from qtinker.fsutil import temp_dir
 from qtinker.tfcheckpoint import TFCheckpoint
 
 CONVERTER_VERSION = f"qtinker.convert {__version__} (format 1)"
@@ -187,9 +187,9 @@ def write_provenance(folder: Path, fields: dict) -> None:
 
 @contextlib.contextmanager
 def staging_dir(dest: Path):
-    """A hidden scratch folder next to `dest` (same filesystem, so os.replace is atomic), always removed."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".qtinker-tmp-{dest.name}-", dir=dest.parent))
+    """A hidden scratch folder next to `dest` (same filesystem, so os.replace is atomic), always removed
+    (after a kill, fsutil.sweep_leftovers removes it: its name holds the owner)."""
+    stage = temp_dir(dest)
     try:
         yield stage
     finally:

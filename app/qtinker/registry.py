@@ -19,7 +19,7 @@ from pathlib import Path
 
 from qtinker import paths
 from qtinker.errors import QTinkerError
-from qtinker.fsutil import safe_name
+from qtinker.fsutil import safe_name, sweep_leftovers, temp_file
 
 REGISTRY_FILE = "MODEL_REGISTRY.md"
 PROVENANCE_FILE = "qtinker_source.json"
@@ -142,10 +142,13 @@ def _model_folders(root: Path, depth: int):
 
 
 def list_local_models(models_dir=None, outputs_dir=None) -> list[LocalModel]:
-    """Every model folder under the models dir (downloaded / imported) and outputs dir (distilled / quantized)."""
+    """Every model folder under the models dir (downloaded / imported) and outputs dir (distilled / quantized).
+
+    What killed runs left there (staging folders, partial zips, empty .partial folders) is swept first."""
     found = []
     for root, default_kind, depth in ((Path(models_dir or paths.models_dir()), "imported", 1),
                                       (Path(outputs_dir or paths.outputs_dir()), "distilled", 3)):
+        sweep_leftovers(root, depth)
         for folder in _model_folders(root, depth):
             try:
                 found.append(describe_model(folder, kind=default_kind, name=folder.relative_to(root).as_posix()))
@@ -261,7 +264,7 @@ def write_registry_markdown(models_dir=None, outputs_dir=None) -> Path:
         lines.append("| (none yet: `qtinker download bert-tiny`) | | | | | | | | |")
     root.mkdir(parents=True, exist_ok=True)
     target = root / REGISTRY_FILE
-    tmp = target.with_suffix(".md.tmp")
+    tmp = temp_file(target, ".tmp")  # unique: two downloads finishing together each write their own
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tmp.replace(target)
     return target
