@@ -331,3 +331,29 @@ def test_job_ids_from_outside_name_only_the_apps_own_jobs(app, client, tmp_path)
     finally:
         sentinel.kill()
         sentinel.wait()
+
+
+def test_uploads_have_a_model_zip_cap_and_a_smaller_data_cap(tiny_bert, tmp_path, monkeypatch):
+    """Gradio's one upload cap is the model zip's; data files are held to their own cap by the handlers."""
+    from qtinker.errors import QTinkerError
+    from qtinker.ui import common, models_tab
+
+    assert (common.MODEL_ZIP_MAX, common.DATA_UPLOAD_MAX) == (2 << 30, 200 << 20)
+    folder = tiny_bert("zipped")
+    archive = shutil.make_archive(str(tmp_path / "zipped"), "zip", folder.parent, folder.name)
+    monkeypatch.setattr(common, "MODEL_ZIP_MAX", 1000)
+    message, _, _ = models_tab.import_local(archive, "", "")
+    assert message.startswith("**Error:** zipped.zip: ") and "over the 0 MB limit for a model zip" in message
+    assert not (tmp_path / "models" / "zipped").exists()
+    monkeypatch.setattr(common, "MODEL_ZIP_MAX", 2 << 30)
+    message, _, _ = models_tab.import_local(archive, "", ".")
+    assert message.startswith("**Error:** --name '.': is not a folder name")
+    assert models_tab.import_local(archive, "", "")[0].startswith("Imported into")
+
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\n" + "good,pos\n" * 200)
+    monkeypatch.setattr(common, "DATA_UPLOAD_MAX", 1000)
+    with pytest.raises(QTinkerError, match=r"train.csv: 0 MB is over the 0 MB limit for a data file"):
+        common.keep_upload(str(data))
+    monkeypatch.setattr(common, "DATA_UPLOAD_MAX", 200 << 20)
+    assert common.keep_upload(str(data)).read_text() == data.read_text()

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qtinker.errors import QTinkerError
+
+# Gradio has one upload cap for the whole app (layout.MAX_UPLOAD), sized for model zips (a bert-base zip is
+# ~400 MB); data files get their own, smaller cap here, checked before anything reads them.
+DATA_UPLOAD_MAX = 200 << 20
+MODEL_ZIP_MAX = 2 << 30
+
 
 def local_models(quantized: bool | None = None) -> list:
     """The registry's local models (optionally only float or only quantized ones), newest results included."""
@@ -45,13 +52,23 @@ def unique_folder(path: Path, suffix: str = "") -> Path:
     return candidate
 
 
+def check_upload(path: str | Path, limit: int, what: str) -> Path:
+    """The uploaded file, or a QTinkerError when it is larger than `limit` bytes."""
+    source = Path(path)
+    size = source.stat().st_size
+    if size > limit:
+        raise QTinkerError(f"{source.name}: {size / 2**20:.0f} MB is over the {limit / 2**20:.0f} MB limit for a {what}; "
+                           f"use a smaller file, or the command line (`qtinker --help`) for bigger ones")
+    return source
+
+
 def keep_upload(path: str) -> Path:
     """Copy an uploaded data file into outputs/data/ so the run (and its saved config) keeps a stable path."""
     import shutil
 
     from qtinker import paths
 
-    source = Path(path)
+    source = check_upload(path, DATA_UPLOAD_MAX, "data file")
     dest = unique_folder(paths.outputs_dir() / "data" / source.name, source.suffix)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, dest)

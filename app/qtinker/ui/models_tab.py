@@ -9,7 +9,7 @@ import pandas as pd
 
 from qtinker import jobs, paths
 from qtinker.errors import QTinkerError
-from qtinker.ui import live
+from qtinker.ui import common, live
 from qtinker.ui.handlers import catalog_table
 
 SOURCES = [("Google Cloud Storage (original Google release)", "gcs"), ("Hugging Face Hub", "hf")]
@@ -79,6 +79,8 @@ def import_local(upload: str | None, folder: str, name: str) -> tuple[str, pd.Da
     if not source:
         return "Upload a zip or type the path of a model folder on this computer.", local_models_table(), catalog_table()
     try:
+        if upload:
+            common.check_upload(upload, common.MODEL_ZIP_MAX, "model zip")
         path = import_model(Path(source), name=(name or "").strip() or None)
     except QTinkerError as exc:
         return f"**Error:** {exc}", local_models_table(), catalog_table()
