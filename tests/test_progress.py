@@ -1,6 +1,6 @@
 """Live progress a user can trust (issue 13): the teacher's fine-tuning reports its stage, speed and ETA
 every few seconds, and the page's line names the stage, keeps its clocks moving between events and shows a
-download's retries."""
+download's retries; the teacher-epochs setting, and a fine-tuned teacher reused when --eval-data is added."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import random
 import time
 from pathlib import Path
 
+import pytest
+
+from qtinker.errors import QTinkerError
 from qtinker.events import Events, read_events
 
 WORDS = {"pos": "good great love grace faith heaven".split(), "neg": "sin law king land old never".split()}
@@ -33,18 +36,38 @@ def job_with_events(tmp_path: Path, events: list[dict], status: str = "running",
     return job
 
 
-def test_teacher_fine_tuning_reports_from_step_0_with_speed_and_eta(tiny_bert, tmp_path):
+def test_teacher_fine_tuning_reports_from_step_0_with_speed_and_eta_and_is_reused_with_eval_data(tiny_bert, tmp_path):
     from qtinker.distill import DistillConfig, distill
 
     teacher = tiny_bert("bare", layers=2)  # no task head: fine-tuned first
-    train = write_data(tmp_path / "train.csv", 60)
+    train, held = write_data(tmp_path / "train.csv", 60), write_data(tmp_path / "test.csv", 20, seed=1)
     kw = dict(teacher=str(teacher), data=str(train), student_from_teacher=1, epochs=1, batch_size=8, teacher_epochs=2)
     events = Events(tmp_path / "a.jsonl", echo=False)
-    distill(DistillConfig(out=str(tmp_path / "a"), **kw), events)
+    first = distill(DistillConfig(out=str(tmp_path / "a"), **kw), events)
     teacher_steps = [e for e in read_events(tmp_path / "a.jsonl") if e["type"] == "progress" and e.get("stage") == "teacher"]
     assert teacher_steps[0]["step"] == 0 and teacher_steps[0]["epochs"] == 2  # before the first (slow) step
     assert teacher_steps[-1]["step"] == teacher_steps[-1]["total_steps"] == 2 * 7  # 54 training rows, batches of 8
     assert teacher_steps[-1]["eta_s"] == 0 and teacher_steps[-1]["examples_per_s"] > 0
+
+    # the same training file with a separate evaluation file: the teacher fine-tuned above is reused
+    second = distill(DistillConfig(out=str(tmp_path / "b"), eval_data=str(held), **kw), Events(tmp_path / "b.jsonl", echo=False))
+    logs = [e["message"] for e in read_events(tmp_path / "b.jsonl") if e["type"] == "log"]
+    assert any("reusing the fine-tuned" in m for m in logs) and second["teacher_path"] == first["teacher_path"]
+    assert not [e for e in read_events(tmp_path / "b.jsonl") if e.get("stage") == "teacher"]
+
+
+def test_teacher_epochs_0_uses_a_headed_teacher_as_is_and_refuses_a_bare_one(tiny_bert, tmp_path):
+    from qtinker.distill import DistillConfig, distill
+
+    train = write_data(tmp_path / "train.csv", 40)
+    kw = dict(data=str(train), student_from_teacher=1, epochs=1, batch_size=8, teacher_epochs=0)
+    with pytest.raises(QTinkerError, match="teacher-epochs 0: .* has no classification head for these 2 labels; give 1 or more"):
+        distill(DistillConfig(teacher=str(tiny_bert("bare", layers=2)), out=str(tmp_path / "a"), **kw))
+    assert not (tmp_path / "a").exists()
+    metrics = distill(DistillConfig(teacher=str(tiny_bert("headed", layers=2, num_labels=2)), out=str(tmp_path / "b"), **kw))
+    assert metrics["teacher_path"] == str(tmp_path / "headed")
+    with pytest.raises(QTinkerError, match="--teacher-epochs: -1; use 0"):
+        distill(DistillConfig(teacher=str(tmp_path / "headed"), out=str(tmp_path / "c"), **dict(kw, teacher_epochs=-1)))
 
 
 def test_progress_line_names_the_stage_and_its_clocks_move_between_events(tmp_path):

@@ -101,7 +101,9 @@ class DistillConfig:
     precision: str = option("auto", "auto: bf16 autocast on CUDA with bf16 support (else fp16), fp32 elsewhere.",
                             choices=("auto", "fp32", "bf16", "fp16"))
     seed: int = option(42, "Random seed (student init, data order, dropout); same seed, same result.")
-    teacher_epochs: int = option(3, "Epochs of fine-tuning for a teacher without a task head.")
+    teacher_epochs: int = option(3, "Epochs of fine-tuning the teacher first, when it has no classification head for "
+                                    "these labels (it is kept and reused for the same training file and settings). "
+                                    "0: never fine-tune: the teacher must already have a head for these labels.")
     teacher_lr: float = option(5e-5, "Learning rate of that fine-tuning.")
     holdout: float = option(0.1, "Fraction of --data held out for evaluation when there is no --eval-data.")
     text_column: str = option("", "Text column of the data files (auto-detected when empty).")
@@ -187,8 +189,17 @@ def _distill(config: DistillConfig, events: Events) -> dict:
             eval_data = check_eval_labels(train, load_labelled(config.eval_data, **kw))
         else:
             train, eval_data = split_holdout(train, config.holdout, config.seed)
+        # the teacher learns from the same split whatever the evaluation source, so adding --eval-data
+        # reuses a teacher already fine-tuned on this training file (and it never sees the held-out part)
+        teacher_train = train
+        if config.eval_data:
+            try:
+                teacher_train = split_holdout(train, config.holdout, config.seed)[0]
+            except QTinkerError:  # too few examples to hold any out: the teacher learns from all of them
+                pass
         if config.max_train_examples:
             train = train.subset(list(range(min(config.max_train_examples, len(train)))))
+            teacher_train = teacher_train.subset(list(range(min(config.max_train_examples, len(teacher_train)))))
         task, label_names = train.task, train.label_names
     num_labels = len(label_names) or 1
 
@@ -203,10 +214,13 @@ def _distill(config: DistillConfig, events: Events) -> dict:
         if teacher_names is not None and teacher_names != label_names:  # same labels, another order: follow the head
             train, eval_data = reorder_labels(train, teacher_names), reorder_labels(eval_data, teacher_names)
             label_names = teacher_names
+        if teacher_names is None and config.teacher_epochs == 0:
+            raise QTinkerError(f"--teacher-epochs 0: {config.teacher} has no classification head for these "
+                               f"{num_labels} labels; give 1 or more epochs to fine-tune it first")
         if teacher_names is None:
             # one process fine-tunes and saves the teacher; the others load the saved folder
             teacher_path = str(distributed.on_main(lambda: fine_tune_teacher(
-                teacher_path, train, epochs=config.teacher_epochs, lr=config.teacher_lr, batch_size=config.batch_size,
+                teacher_path, teacher_train, epochs=config.teacher_epochs, lr=config.teacher_lr, batch_size=config.batch_size,
                 max_length=config.max_length, device=device, seed=config.seed, events=stage_events), ctx))
         teacher = st.load_classifier(teacher_path, num_labels, label_names, "teacher")
     teacher.to(device).eval().requires_grad_(False)
@@ -469,6 +483,8 @@ def check_config(c: DistillConfig) -> None:
         value = getattr(c, name)
         if not low <= value <= high:
             raise QTinkerError(f"--{name.replace('_', '-')}: {value} is outside {low}-{high}")
+    if c.teacher_epochs < 0:
+        raise QTinkerError(f"--teacher-epochs: {c.teacher_epochs}; use 0 (the teacher as is) or more")
     for name in ("epochs", "batch_size", "grad_accum", "max_length"):
         if getattr(c, name) < 1:
             raise QTinkerError(f"--{name.replace('_', '-')}: {getattr(c, name)}; use 1 or more")

@@ -20,7 +20,8 @@ UPLOAD = "Upload a file"
 METHOD_FIELDS = {"logit": ("temperature", "alpha"), "patient": ("beta", "layer_map"),
                  "feature": ("hidden_weight", "attention_weight", "embedding_weight", "layer_map")}
 COMMON_FIELDS = ("method", "temperature", "alpha", "beta", "layer_map", "hidden_weight", "attention_weight",
-                 "embedding_weight", "epochs", "batch_size", "lr", "max_length", "student_from_teacher", "student_config")
+                 "embedding_weight", "epochs", "batch_size", "lr", "max_length", "teacher_epochs", "student_from_teacher",
+                 "student_config")
 
 
 def student_choices() -> list[str]:
@@ -46,8 +47,10 @@ def describe_student(teacher: str | None, student: str | None, n_layers: float |
                                    "vocab_sha256": m.vocab_sha256, "vocab_size": m.vocab_size, "parameters": m.parameters}
 
 
-def verdict(teacher: str | None, student: str | None, n_layers: float | None, custom: str, method: str) -> str:
-    """Compatibility of teacher and student, before Start: refusals explained, adaptations announced."""
+def verdict(teacher: str | None, student: str | None, n_layers: float | None, custom: str, method: str,
+            teacher_epochs: float | None = 3) -> str:
+    """Compatibility of teacher and student, before Start: refusals explained, adaptations (the teacher's
+    fine-tuning first, learned projections) announced."""
     t = common.find_model(teacher)
     if t is None:
         return "Pick a teacher (download or import one in the Models tab)."
@@ -72,10 +75,19 @@ def verdict(teacher: str | None, student: str | None, n_layers: float | None, cu
                      "to compare hidden states (used by the patient and feature methods).")
     if method == "feature" and s["heads"] != t.heads:
         notes.append(f"Head counts differ ({t.heads} vs {s['heads']}): the attention loss will be skipped.")
+    epochs = int(teacher_epochs or 0)
+    if t.num_labels is None and epochs < 1:
+        return ("**Not compatible:** the teacher has no task head, so it must be fine-tuned on your data first: "
+                "set *Teacher fine-tune epochs* to 1 or more (3 is usual).")
     if t.num_labels is None:
-        notes.append("The teacher has no task head: it is fine-tuned on your data first (and kept for reuse).")
+        notes.append(f"**The teacher is fine-tuned first: {epochs} epoch{'s' * (epochs != 1)}** on your training data "
+                     "(it has no task head). This often takes longer than the student's training; the result is kept "
+                     "and reused by later runs on the same training file.")
+    elif epochs:
+        notes.append(f"The teacher has a {t.num_labels}-label head: used as is when your data has the same classes, "
+                     f"otherwise fine-tuned first for {epochs} epoch{'s' * (epochs != 1)}.")
     else:
-        notes.append(f"The teacher has a {t.num_labels}-label head; if your data has other classes it is fine-tuned first.")
+        notes.append(f"The teacher has a {t.num_labels}-label head and is used as is (your data must have the same classes).")
     return "\n\n".join(notes)
 
 
@@ -114,12 +126,13 @@ def data_preview(choice: str, upload: str | None) -> tuple[pd.DataFrame, str]:
 
 
 def start(teacher, student, n_layers, custom, choice, upload, method, temperature, alpha, beta, layer_map,
-          hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr, max_length, out_name, gpus=1) -> str:
+          hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr, max_length, out_name, gpus=1,
+          teacher_epochs=3) -> str:
     """Start the distillation as a background job (refused while another job holds the device); with
     gpus > 1, as one torchrun job with a process per GPU (see docs/scaling.md)."""
     from qtinker.data import sample_dataset_path, sample_eval_path
 
-    check = verdict(teacher, student, n_layers, custom, method)
+    check = verdict(teacher, student, n_layers, custom, method, teacher_epochs)
     if not check.startswith("**Compatible**"):
         return check
     t = common.find_model(teacher)
@@ -134,7 +147,7 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
             "--batch-size", int(batch_size), "--lr", float(lr), "--max-length", int(max_length),
             "--temperature", float(temperature), "--alpha", float(alpha), "--beta", float(beta), "--layer-map", layer_map,
             "--hidden-weight", float(hidden_weight), "--attention-weight", float(attention_weight),
-            "--embedding-weight", float(embedding_weight)]
+            "--embedding-weight", float(embedding_weight), "--teacher-epochs", int(teacher_epochs)]
     args += ["--unlabeled", data] if Path(data).suffix.lower() == ".txt" else ["--data", data]
     if choice == SAMPLE:
         args += ["--eval-data", str(sample_eval_path())]
@@ -253,6 +266,8 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         batch_size = gr.Number(label="batch size", value=32, precision=0, minimum=1)
         lr = gr.Number(label="learning rate", value=1e-4)
         max_length = gr.Number(label="max tokens", value=128, precision=0, minimum=8)
+        teacher_epochs = gr.Number(label="Teacher fine-tune epochs", value=3, precision=0, minimum=0,
+                                   elem_id="teacher_epochs")
         out_name = gr.Textbox(label="Output name", placeholder="default: <teacher>-<method>-student", info="folder under outputs/")
     with gr.Row():
         start_button = gr.Button("Start distillation", variant="primary")
@@ -268,7 +283,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
                              elem_id="distill_evals")
     log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, autoscroll=True, interactive=False)
 
-    pick = [teacher, student, n_layers, custom, method]
+    pick = [teacher, student, n_layers, custom, method, teacher_epochs]
     for box in pick:
         box.change(verdict, pick, compat, api_visibility="private", show_progress="hidden")
     teacher.change(model_card, teacher, teacher_info, api_visibility="private")
@@ -285,7 +300,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     gr.api(verdict, api_name="compatibility")
     start_button.click(start, [teacher, student, n_layers, custom, data_choice, upload, method, temperature, alpha, beta,
                                layer_map, hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr,
-                               max_length, out_name, gpus], started, api_name="distill_start")
+                               max_length, out_name, gpus, teacher_epochs], started, api_name="distill_start")
     stop_button.click(stop_latest, None, started, api_name="distill_stop")
 
     seen = gr.State(())
@@ -298,6 +313,6 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     demo.load(gpu_choice, None, gpus, api_visibility="private")
     demo.load(data_preview, [data_choice, upload], [preview, data_summary], api_visibility="private")
     demo.load(field_updates, None, [method, temperature, alpha, beta, layer_map, hidden_weight, attention_weight,
-                                    embedding_weight, epochs, batch_size, lr, max_length, n_layers, custom],
+                                    embedding_weight, epochs, batch_size, lr, max_length, teacher_epochs, n_layers, custom],
               api_visibility="private")
     return teacher, student
