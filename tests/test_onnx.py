@@ -60,6 +60,8 @@ def test_onnx_folder_runs_without_torch_and_matches_float(tiny_bert, tmp_path, e
     assert metrics["runtime"] == "onnxruntime" and metrics["reload_output_cosine"] > 0.999
     assert metrics["after"]["n"] == 12 and metrics["after"]["agreement"] >= 0.9
     assert metrics["after"]["latency"]["batch16_eager_ms"] > 0 and metrics["accuracy_warning"] is None
+    # cold start: a fresh process creates the session and predicts (float: loads torch and transformers)
+    assert 0 < metrics["after"]["cold_start_s"]["eager"] < 60 and metrics["before"]["cold_start_s"]["eager"] > 0
     if scheme == "onnx-int8":  # int8 weights, embeddings included: about a quarter of the float bytes
         assert metrics["ratios"]["size"] < 0.35 and metrics["ratios"]["size_without_embeddings"] < 0.45
     else:
@@ -172,7 +174,8 @@ def test_recommendation_is_the_fastest_within_half_a_point_and_never_eager_int8(
     def measured(acc, b1, b16, c1=None, c16=None):
         lat = {"batch1_eager_ms": b1, "batch16_eager_ms": b16}
         lat.update({"batch1_compiled_ms": c1, "batch16_compiled_ms": c16} if c1 else {})
-        return {"weights_bytes": 100, "accuracy": acc, "latency": lat}
+        cold = {"eager": 5.0, **({"compiled": 30.0} if c1 else {})}
+        return {"weights_bytes": 100, "accuracy": acc, "latency": lat, "cold_start_s": cold}
 
     float_ = measured(0.900, 30.0, 400.0, 26.0, 390.0)
     runs = [("out/m-int8-dynamic", {"scheme": "int8-dynamic", "before": float_, "after": measured(0.899, 90.0, 450.0, 12.0, 160.0)}),
@@ -184,8 +187,9 @@ def test_recommendation_is_the_fastest_within_half_a_point_and_never_eager_int8(
     assert [r["format"] for r in rows] == ["float eager", "float compiled", "int8-dynamic eager", "int8-dynamic compiled",
                                            "onnx-int8", "int8-weight"]
     assert rows[2]["note"] == "needs torch.compile"
+    assert [r["cold_start_s"] for r in rows[:4]] == [5.0, 30.0, 5.0, 30.0]
     assert recommend(rows)["folder"] == "out/m-onnx-int8"
     assert recommendation_line(rows) == ("Recommended for this machine: onnx-int8 (fastest within 0.5 accuracy point of "
-                                         "float, 3.2x float eager at batch 1).")
+                                         "float, 3.2x float eager at batch 1, first prediction 5.0 s after a fresh start).")
     runs[1][1]["after"]["latency"]["batch1_eager_ms"] = 13.0  # now compiled TorchAO wins
     assert recommend(format_rows(runs))["format"] == "int8-dynamic compiled"

@@ -19,8 +19,8 @@ TEXTS = ["the king said unto them", "she was not at the house", "love and faith 
 
 
 def fast(**kwargs) -> QuantizeConfig:
-    """Latency kept tiny in tests: eager only, 2 timed calls (tests never check timings)."""
-    return QuantizeConfig(compile=False, latency_iters=2, **kwargs)
+    """Latency kept tiny in tests: eager only, 2 timed calls, no cold start (tests never check timings)."""
+    return QuantizeConfig(compile=False, latency_iters=2, **{"cold_start": False, **kwargs})
 
 
 @pytest.fixture
@@ -205,6 +205,51 @@ def test_cli_prints_before_after_and_events(tiny_bert, tmp_path, capsys):
     assert "weights (total)" in printed and "latency batch16_eager" in printed and "left in full precision: classifier" in printed
     kinds = [json.loads(l)["type"] for l in events.read_text().splitlines()]
     assert kinds[0] == "start" and kinds[-1] == "done" and "error" not in kinds
+
+
+def test_cold_start_is_a_fresh_process_predicting_from_the_saved_folder(tiny_bert, tmp_path):
+    from qtinker.formats import format_rows
+
+    out, source = tmp_path / "q", tiny_bert(num_labels=2)
+    metrics = quantize(fast(model=str(source), out=str(out), cold_start=True))
+    # eager only without --compile: seconds from spawning Python to the first prediction, imports included
+    for side in ("before", "after"):
+        assert list(metrics[side]["cold_start_s"]) == ["eager"] and 0.5 < metrics[side]["cold_start_s"]["eager"] < 300
+    assert json.loads((out / "metrics.json").read_text())["after"]["cold_start_s"] == metrics["after"]["cold_start_s"]
+    rows = format_rows([(str(out), metrics)])
+    assert [r["cold_start_s"] for r in rows] == [metrics["before"]["cold_start_s"]["eager"],
+                                                 metrics["after"]["cold_start_s"]["eager"]]
+    from qtinker.measure import cold_start_seconds
+
+    (source / "model.safetensors").unlink()
+    with pytest.raises(RuntimeError, match="model.safetensors|weights"):  # the child's last error line, for the warning
+        cold_start_seconds(source, "torch")
+
+
+@pytest.mark.slow
+def test_compiled_int8_uses_the_fused_onednn_kernel(tiny_bert):
+    """Under our compile_context (freezing + TorchAO's x86 patterns), Inductor's generated code calls
+    oneDNN's fused int8 linear instead of `_int_mm` followed by separate rescales. Found here: query, key
+    and value share one activation quantization (Inductor merges the three identical ones), which the
+    single-user fusion pattern does not match, so those three stay `_int_mm` per layer."""
+    from torch._inductor.utils import run_and_get_code
+
+    from qtinker.export import load_model
+    from qtinker.latency import compile_context, compiled, example_inputs
+    from qtinker.quantize import apply_plan
+
+    model, _ = load_model(tiny_bert(num_labels=2))
+    config = QuantizeConfig(scheme="int8-dynamic")
+    quantized = apply_plan(model, plan_layers(model, config), config)
+    with compile_context("cpu"), torch.no_grad():
+        _, code = run_and_get_code(compiled(quantized), **example_inputs(model.config.vocab_size, 2, 16))
+    torch._dynamo.reset()
+    calls = [line.strip() for line in "\n".join(code).splitlines() if not line.strip().startswith("#")]
+    fused = [c for c in calls if "= torch.ops.onednn.qlinear_pointwise" in c]
+    unfused = [c for c in calls if "_int_mm(" in c]
+    # 2 layers x (attention output, intermediate, output) + the pooler; the float classifier is not int8
+    assert len(fused) == 7, fused
+    assert len(unfused) <= 6, unfused  # at most query, key, value per layer
 
 
 @pytest.mark.slow

@@ -229,8 +229,17 @@ def render_model_card(folder: Path) -> str:
     kind = (f"ONNX Runtime ({marker['scheme']})" if marker and marker.get("format") == "onnx"
             else f"TorchAO {marker['scheme']} quantized" if marker else "float")
     lines += [f"A {config.get('num_hidden_layers', '?')}-layer, {config.get('hidden_size', '?')}-wide "
-              f"{config.get('model_type')} ({', '.join(config.get('architectures') or ['encoder'])}), {kind}.", "",
-              "## Model", ""]
+              f"{config.get('model_type')} ({', '.join(config.get('architectures') or ['encoder'])}), {kind}.", ""]
+    # how to load comes first: plain transformers / onnxruntime, then compiling, then QTinker's shortcut
+    lines += ["## How to load", "", "In plain Python (run inside the unzipped folder, or change `folder`):", "",
+              "```python", load_snippet(config, marker), "```", ""]
+    if marker and marker.get("format") != "onnx" and marker.get("weights") != QUANTIZED_WEIGHTS:
+        lines += ["TorchAO's int8 speed on CPU comes with `torch.compile` and Inductor freezing (settings are not "
+                  "saved with the model, so apply them after loading):", "", "```python",
+                  "import torch._inductor.config", "import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  "
+                  "# registers the x86 int8 fusions", "torch._inductor.config.freezing = True",
+                  "model = torch.compile(model)  # the first call per input shape compiles (tens of seconds)", "```", ""]
+    lines += ["With QTinker installed: `model, tokenizer = qtinker.load(folder)`.", "", "## Model", ""]
     for key in ("teacher", "student", "student_from_teacher", "student_config", "method", "temperature", "alpha", "data"):
         if run.get(key) not in (None, "", []):
             lines.append(f"- {key.replace('_', ' ')}: `{run[key]}`")
@@ -261,15 +270,6 @@ def render_model_card(folder: Path) -> str:
         lines += [f"`{path.name}`:", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in _flatten(read_json(path))]
         lines.append("")
-    lines += ["", "## How to load", "", "In plain Python (run inside the unzipped folder, or change `folder`):", "",
-              "```python", load_snippet(config, marker), "```", ""]
-    if marker and marker.get("format") != "onnx" and marker.get("weights") != QUANTIZED_WEIGHTS:
-        lines += ["TorchAO's int8 speed on CPU comes with `torch.compile` and Inductor freezing (settings are not "
-                  "saved with the model, so apply them after loading):", "", "```python",
-                  "import torch._inductor.config", "import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  "
-                  "# registers the x86 int8 fusions", "torch._inductor.config.freezing = True",
-                  "model = torch.compile(model)  # the first call per input shape compiles (tens of seconds)", "```", ""]
-    lines += ["With QTinker installed: `model, tokenizer = qtinker.load(folder)`.", ""]
     return "\n".join(lines)
 
 

@@ -1,5 +1,8 @@
 """One table across formats from quantize runs on the same model and data, and the recommended format.
 
+Columns: size, accuracy, agreement with float, latency at batch 1 and 16, and cold start (seconds from a
+fresh process to the first prediction from the saved folder, compiling or session creation included).
+
 Each quantize run's metrics.json holds the float model ("before") and its format ("after"), eager
 and, for torch, compiled. The table lists each variant once, with the latency as measured (compiled
 rows are compiled); the recommendation is the fastest variant within 0.5 accuracy point of float.
@@ -25,19 +28,21 @@ def format_rows(runs: list[tuple[str, dict]]) -> list[dict]:
 
 
 def _variants(name: str, folder: str, measured: dict, runtime: str, float_eager: dict | None = None) -> list[dict]:
-    lat = measured.get("latency", {})
+    lat, cold = measured.get("latency", {}), measured.get("cold_start_s", {})
     base = {"folder": folder, "size_bytes": measured.get("weights_bytes"), "accuracy": measured.get("accuracy"),
             "agreement": measured.get("agreement"), "note": ""}
     if runtime == "onnxruntime":
-        return [{**base, "format": name, "batch1_ms": lat.get("batch1_eager_ms"), "batch16_ms": lat.get("batch16_eager_ms")}]
+        return [{**base, "format": name, "batch1_ms": lat.get("batch1_eager_ms"), "batch16_ms": lat.get("batch16_eager_ms"),
+                 "cold_start_s": cold.get("eager")}]
     rows = [{**base, "format": f"{name} eager", "batch1_ms": lat.get("batch1_eager_ms"),
-             "batch16_ms": lat.get("batch16_eager_ms")}]
+             "batch16_ms": lat.get("batch16_eager_ms"), "cold_start_s": cold.get("eager")}]
     if float_eager and rows[0]["batch1_ms"] and float_eager.get("batch1_eager_ms") \
             and rows[0]["batch1_ms"] > float_eager["batch1_eager_ms"]:
         rows[0]["note"] = "needs torch.compile"  # slower than float when run eagerly: never the recommendation
     if lat.get("batch1_compiled_ms"):
         rows.append({**base, "format": f"{name} compiled", "batch1_ms": lat.get("batch1_compiled_ms"),
-                     "batch16_ms": lat.get("batch16_compiled_ms"), "note": "torch.compile (freezing)"})
+                     "batch16_ms": lat.get("batch16_compiled_ms"), "cold_start_s": cold.get("compiled"),
+                     "note": "torch.compile (freezing)"})
     return rows
 
 
@@ -57,5 +62,6 @@ def recommendation_line(rows: list[dict]) -> str:
         return "No recommendation yet: no format was timed."
     float_ms = next((r["batch1_ms"] for r in rows if r["format"] == "float eager"), None)
     speed = f", {float_ms / best['batch1_ms']:.1f}x float eager at batch 1" if float_ms else ""
+    cold = f", first prediction {best['cold_start_s']:.1f} s after a fresh start" if best.get("cold_start_s") else ""
     return (f"Recommended for this machine: {best['format']} (fastest within {TOLERANCE_POINTS} accuracy point of "
-            f"float{speed}).")
+            f"float{speed}{cold}).")

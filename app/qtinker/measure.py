@@ -6,6 +6,12 @@ A model here is a torch module (float or TorchAO-quantized) or an `onnx_export.O
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import torch
 
 ACCURACY_WARNING_POINTS = 1.0  # a loss above this is shown as a warning, never hidden
@@ -71,6 +77,87 @@ def measure_model(model, tokenizer, data, config, device, events, label, referen
         torch._dynamo.reset()
     result["latency"] = {**latency, "seq": seq, "threads": torch.get_num_threads(), "iters": config.latency_iters}
     events.emit("eval", stage=label, **{k: v for k, v in result.items() if k != "predictions"})
+    return result
+
+
+# ---------------------------------------------------------------- cold start
+# A fresh interpreter that loads the saved folder the way its model card says and predicts one sentence.
+# argv: spawn time (time.time()), folder, threads, device, compile ("1"/"0"), Auto class.
+_TORCH_CHILD = """
+import sys, time
+start, folder, threads, device, compile_, auto = float(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1", sys.argv[6]
+import torch
+torch.set_num_threads(threads)
+import transformers
+if compile_:
+    import torch._inductor.config
+    torch._inductor.config.freezing = True
+    if device == "cpu":
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # the x86 int8 fusions
+tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+model = getattr(transformers, auto).from_pretrained(folder, dtype="auto", device_map=device if device != "cpu" else None).eval()
+if compile_:
+    model = torch.compile(model)
+with torch.inference_mode():
+    model(**tokenizer(["an example sentence"], return_tensors="pt").to(device))
+if device.startswith("cuda"):
+    torch.cuda.synchronize()
+print("COLD_START", time.time() - start)
+"""
+_ONNX_CHILD = """
+import sys, time
+start, folder, threads = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+import numpy as np, onnxruntime
+from tokenizers import Tokenizer
+options = onnxruntime.SessionOptions()
+options.intra_op_num_threads = threads
+session = onnxruntime.InferenceSession(folder + "/model.onnx", options, providers=["CPUExecutionProvider"])
+e = Tokenizer.from_file(folder + "/tokenizer.json").encode("an example sentence")
+feed = {"input_ids": [e.ids], "attention_mask": [e.attention_mask], "token_type_ids": [e.type_ids]}
+names = [i.name for i in session.get_inputs()]
+session.run(["logits"], {k: np.array(v, dtype=np.int64) for k, v in feed.items() if k in names})
+print("COLD_START", time.time() - start)
+"""
+COLD_START_TIMEOUT_S = 600
+
+
+def cold_start_seconds(folder: Path, runtime: str, device: str = "cpu", compile: bool = False,
+                       threads: int | None = None) -> float:
+    """Seconds from spawning a fresh Python to its first prediction from `folder` (interpreter start,
+    imports, loading, session creation or compiling included): what a user waits for after a restart.
+    Raises RuntimeError with the child's last line when it fails."""
+    from qtinker.export import auto_class_name, read_json
+
+    threads = threads or torch.get_num_threads()
+    if runtime == "onnxruntime":
+        args = [_ONNX_CHILD, str(threads)]
+    else:
+        auto = auto_class_name(read_json(Path(folder) / "config.json"))
+        args = [_TORCH_CHILD, str(threads), str(device), "1" if compile else "0", auto]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-c", args[0], str(start), str(folder), *args[1:]], capture_output=True,
+                          text=True, timeout=COLD_START_TIMEOUT_S, env=env)
+    found = [line for line in proc.stdout.splitlines() if line.startswith("COLD_START ")]
+    if proc.returncode or not found:
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1][:300])
+    return round(float(found[-1].split()[1]), 2)
+
+
+def cold_starts(folder: Path, runtime: str, config, device: str, events, label: str) -> dict:
+    """{"eager": s[, "compiled": s]} for the folder (ONNX Runtime: its session as "eager"); {} when
+    config.cold_start is off. A failure is a warning, never the end of the run."""
+    if not getattr(config, "cold_start", False):
+        return {}
+    kinds = ["eager"] + (["compiled"] if config.compile and runtime != "onnxruntime" else [])
+    result = {}
+    for kind in kinds:
+        events.check_stop(f"stopped while timing the {label} model's cold start")
+        events.log(f"cold start of the {label} model ({kind}): a fresh process loads the folder and predicts once")
+        try:
+            result[kind] = cold_start_seconds(folder, runtime, device, kind == "compiled")
+        except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+            events.emit("warning", message=f"cold start ({label}, {kind}) not measured: {str(exc)[:300]}")
     return result
 
 

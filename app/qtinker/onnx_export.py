@@ -185,7 +185,7 @@ def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, be
     import transformers
 
     from qtinker import export
-    from qtinker.measure import measure_model, output_cosine, public, ratios, warn_on_accuracy_loss
+    from qtinker.measure import cold_starts, measure_model, output_cosine, public, ratios, warn_on_accuracy_loss
     from qtinker.quantize import SCHEMES, finish_folder
 
     ort = import_onnxruntime()
@@ -237,6 +237,7 @@ def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, be
         if reload_cosine < 0.999:
             raise QTinkerError(f"{out}: the saved ONNX model reloads with different outputs (cosine {reload_cosine:.4f}); "
                                "this is a bug, please report it with the model folder")
+        after["cold_start_s"] = cold_starts(tmp, "onnxruntime", config, "cpu", events, "after")
         found = ratios(before, after)
         metrics = {
             "scheme": config.scheme, "scheme_description": SCHEMES[config.scheme], "device": "cpu",
@@ -244,7 +245,7 @@ def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, be
             "ratios": found, "output_cosine": round(fidelity, 5), "reload_output_cosine": round(reload_cosine, 6),
             "accuracy_warning": warn_on_accuracy_loss(found, config.scheme, events),
             "fused_operators": counts, "file_bytes": (tmp / ONNX_FILE).stat().st_size, "skipped_layers": [],
-            "note": "after.latency *_eager_ms = the ONNX Runtime session (nothing to compile)",
+            "note": "after.latency *_eager_ms and after.cold_start_s.eager = the ONNX Runtime session (nothing to compile)",
             "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__,
                          "transformers": transformers.__version__},
         }

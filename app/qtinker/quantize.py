@@ -27,6 +27,7 @@ import torch
 from qtinker.config import add_arguments, from_args, option, save_config
 from qtinker.errors import QTinkerError
 from qtinker.events import Events, Stopped
+from qtinker.measure import cold_starts
 from qtinker.measure import measure_model as _measure
 from qtinker.measure import output_cosine as _output_cosine
 from qtinker.measure import public as _public
@@ -62,6 +63,8 @@ class QuantizeConfig:
     device: str = option("auto", "Where to quantize and measure: auto picks cuda when present.", choices=["auto", "cpu", "cuda"])
     compile: bool = option(True, "Also time both models under torch.compile (TorchAO's CPU speed comes with it; adds compile time).")
     latency_iters: int = option(10, "Timed forward passes per latency figure (after warm-up).")
+    cold_start: bool = option(True, "Also time a cold start: a fresh process loads the saved folder and predicts once "
+                                    "(a few seconds; with --compile also compiled, tens of seconds each).")
     max_length: int = option(128, "Max tokens per example for evaluation.")
     overwrite: bool = option(False, "Replace the output folder if it exists.")
 
@@ -298,6 +301,7 @@ def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     timing = "accuracy, then latency eager" + (" and compiled (compiling takes a while)" if config.compile else "")
     events.emit("progress", stage="measure-float", message=timing)
     before = _measure(model, tokenizer, data, config, device, events, "before")
+    before["cold_start_s"] = cold_starts(source, "torch", config, device, events, "before")
     if config.scheme in ONNX_SCHEMES:  # export, fuse, (int8), measure, save: same gate, other runtime
         from qtinker.onnx_export import quantize_to_onnx
 
@@ -338,6 +342,7 @@ def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
         if reload_cosine < 0.999:
             raise QTinkerError(f"{out}: the saved model reloads with different outputs (cosine {reload_cosine:.4f}); "
                                "this is a bug, please report it with the model folder")
+        after["cold_start_s"] = cold_starts(tmp, "torch", config, device, events, "after")
         found = _ratios(before, after)
         metrics = {
             "scheme": config.scheme, "scheme_description": SCHEMES[config.scheme], "device": device,
@@ -421,6 +426,9 @@ def format_metrics(metrics: dict) -> str:
         if key.endswith("_ms"):
             rows.append((f"latency {key[:-3]} (ms)", f"{b['latency'].get(key, float('nan')):.2f}", f"{value:.2f}",
                          f"{r.get('speedup_' + key[:-3], float('nan')):.2f}x speed"))
+    for kind, seconds in a.get("cold_start_s", {}).items():
+        rows.append((f"cold start {kind} (s)", f"{b.get('cold_start_s', {}).get(kind, float('nan')):.2f}", f"{seconds:.2f}",
+                     "fresh process"))
     lines = [f"{metrics['scheme']} on {metrics['device']}, {metrics['threads']} threads, seq {a['latency']['seq']}; "
              f"output cosine vs float {metrics['output_cosine']:.4f}",
              f"{'':26}{'before':>14}{'after':>14}{'change':>18}"]

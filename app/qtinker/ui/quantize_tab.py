@@ -17,7 +17,8 @@ SAMPLE = "Bundled sample test set"
 UPLOAD = "Upload a file"
 NONE = "No accuracy (size and speed only)"
 RESULT_COLUMNS = ["model", "size (MB)", "size without embeddings (MB)", "accuracy", "macro F1", "agreement with float",
-                  "latency batch 1 (ms)", "latency batch 16 (ms)", "compiled batch 1 (ms)", "compiled batch 16 (ms)"]
+                  "latency batch 1 (ms)", "latency batch 16 (ms)", "compiled batch 1 (ms)", "compiled batch 16 (ms)",
+                  "cold start (s)", "compiled cold start (s)", "note"]
 
 
 def schemes_state() -> tuple:
@@ -36,10 +37,12 @@ def config_info() -> tuple:
     from qtinker.config import field_help
     from qtinker.quantize import QuantizeConfig
 
-    return (gr.update(info=field_help(QuantizeConfig, "compile")), gr.update(info=field_help(QuantizeConfig, "embeddings")))
+    return (gr.update(info=field_help(QuantizeConfig, "compile")), gr.update(info=field_help(QuantizeConfig, "embeddings")),
+            gr.update(info=field_help(QuantizeConfig, "cold_start")))
 
 
-def start(model: str | None, schemes: list[str], eval_choice: str, upload: str | None, compile_: bool, embeddings: str) -> str:
+def start(model: str | None, schemes: list[str], eval_choice: str, upload: str | None, compile_: bool, embeddings: str,
+          cold_start: bool = True) -> str:
     """One background job per scheme, queued one after another on the device."""
     from qtinker.data import sample_eval_path
 
@@ -65,7 +68,7 @@ def start(model: str | None, schemes: list[str], eval_choice: str, upload: str |
     for scheme in schemes:
         out = common.unique_folder(paths.outputs_dir() / f"{Path(m.name).name}-{scheme}")
         args = [str(m.path), "--scheme", scheme, "--out", str(out), "--embeddings", embeddings,
-                "--compile" if compile_ else "--no-compile"]
+                "--compile" if compile_ else "--no-compile", "--cold-start" if cold_start else "--no-cold-start"]
         if eval_data:
             args += ["--eval-data", eval_data]
         try:
@@ -95,7 +98,7 @@ def results(batch: list) -> pd.DataFrame:
         metrics = json.loads(path.read_text(encoding="utf-8"))
         if not rows:
             rows.append(_row("float (before)", metrics["before"]))  # "float" sorts before every int scheme
-        rows.append(_row(f"{metrics['scheme']} (after)", metrics["after"]))
+        rows.append(_row(f"{metrics['scheme']} (after)", metrics["after"], metrics["before"], metrics.get("runtime", "torch")))
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
@@ -133,14 +136,19 @@ def measured_frame(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "value"]).astype({"model": "string", "value": "float64"})
 
 
-def _row(name: str, m: dict) -> dict:
-    lat = m.get("latency", {})
+def _row(name: str, m: dict, before: dict | None = None, runtime: str = "torch") -> dict:
+    lat, cold = m.get("latency", {}), m.get("cold_start_s", {})
+    float_b1 = (before or {}).get("latency", {}).get("batch1_eager_ms")
+    # TorchAO int8 run eagerly can be slower than float: say what it needs (as formats.py does)
+    slow_eager = bool(runtime == "torch" and float_b1 and lat.get("batch1_eager_ms") and lat["batch1_eager_ms"] > float_b1)
     pick = lambda k: round(v, 4) if isinstance(v := m.get(k), float) else v  # noqa: E731
     return {"model": name, "size (MB)": round(m["weights_bytes"] / 1e6, 3),
             "size without embeddings (MB)": round(m["weights_bytes_without_embeddings"] / 1e6, 3),
             "accuracy": pick("accuracy"), "macro F1": pick("macro_f1"), "agreement with float": pick("agreement"),
             "latency batch 1 (ms)": lat.get("batch1_eager_ms"), "latency batch 16 (ms)": lat.get("batch16_eager_ms"),
-            "compiled batch 1 (ms)": lat.get("batch1_compiled_ms"), "compiled batch 16 (ms)": lat.get("batch16_compiled_ms")}
+            "compiled batch 1 (ms)": lat.get("batch1_compiled_ms"), "compiled batch 16 (ms)": lat.get("batch16_compiled_ms"),
+            "cold start (s)": cold.get("eager"), "compiled cold start (s)": cold.get("compiled"),
+            "note": "needs torch.compile" if slow_eager else ""}
 
 
 def quantize_results() -> list[dict]:
@@ -168,8 +176,10 @@ def view(seen: tuple):
     current = next((j for j in batch if j.running), batch[-1] if batch else None)
     line, best = recommendation(batch)
     names = common.model_names()
-    # Download offers the recommended format first (then any other model)
-    choices = (gr.update(choices=names, **({"value": best} if best in names else {}))
+    # Download offers the recommended format first, then the batch's other formats, then any other model
+    made = [Path(j.out).name for j in batch if j.out]
+    first = [n for n in dict.fromkeys([best, *made]) if n in names]
+    choices = (gr.update(choices=first + [n for n in names if n not in first], **({"value": best} if best in names else {}))
                if any(not j.running for j in batch) else gr.skip())
     size, drawn = live.plot_value(chart_frame(table, "size (MB)"), "model", drawn)
     speed = None if size is None else measured_frame(table)
@@ -212,6 +222,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
                          elem_id="quantize_eval")
     with gr.Row():
         compile_ = gr.Checkbox(label="Also time under torch.compile", value=True)  # TorchAO's CPU speed-up needs it
+        cold_start = gr.Checkbox(label="Time cold start (fresh process to first prediction)", value=True)
         embeddings = gr.Radio(["int8", "none"], value="int8", label="Embeddings")
     run = gr.Button("Quantize", variant="primary")
     started = gr.Markdown(elem_id="quantize_started")
@@ -237,7 +248,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     model.change(lambda n: common.model_summary(m) if (m := common.find_model(n)) else "", model, model_info,
                  api_visibility="private")
     eval_choice.change(lambda c: gr.update(visible=c == UPLOAD), eval_choice, upload, api_visibility="private")
-    run.click(start, [model, schemes, eval_choice, upload, compile_, embeddings], started, api_name="quantize_start")
+    run.click(start, [model, schemes, eval_choice, upload, compile_, embeddings, cold_start], started, api_name="quantize_start")
     zip_button.click(package, to_zip, [zipped, download], api_name="export_zip")
     gr.api(quantize_results, api_name="quantize_results")
 
@@ -248,5 +259,5 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     demo.load(lambda: (gr.update(choices=common.model_names(quantized=False)), gr.update(choices=common.model_names())),
               None, [model, to_zip], api_visibility="private")
     demo.load(schemes_state, None, [schemes, blocked], api_visibility="private")
-    demo.load(config_info, None, [compile_, embeddings], api_visibility="private")
+    demo.load(config_info, None, [compile_, embeddings, cold_start], api_visibility="private")
     return model, to_zip
