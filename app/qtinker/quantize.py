@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
+from qtinker import resume
 from qtinker.config import add_arguments, from_args, option, save_config
 from qtinker.errors import QTinkerError
-from qtinker.events import Events, Stopped
+from qtinker.events import Events
 from qtinker.measure import cold_starts
 from qtinker.measure import measure_model as _measure
 from qtinker.measure import output_cosine as _output_cosine
@@ -261,6 +262,28 @@ def _set_param(model, module_name, weight):
 # ---------------------------------------------------------------- the run
 
 def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
+    """Quantize config.model into config.out; returns the metrics written to OUT/metrics.json.
+
+    A full disk while saving ends as one line; nothing is left at OUT but the previous result, if any."""
+    try:
+        return _quantize(config, events)
+    except QTinkerError:
+        raise
+    except Exception as exc:  # OSError, or a library's own error type around ENOSPC (safetensors, torch.save)
+        if resume.disk_full_error(exc, Path(config.out)) is None and not _says_disk_full(exc):
+            raise
+        out = Path(config.out).expanduser().resolve()
+        free = shutil.disk_usage(next(p for p in out.parents if p.exists())).free / 2**20
+        kept = "; the previous folder there is kept" if out.exists() else ""
+        raise QTinkerError(f"{out}: the disk is full ({free:.0f} MB free) while saving the quantized model; "
+                           f"free some space and run the command again{kept}") from exc
+
+
+def _says_disk_full(exc: BaseException) -> bool:
+    return any(text in str(exc) for text in ("No space left on device", "Disk quota exceeded", "StorageFull"))
+
+
+def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     """Quantize config.model into config.out; returns the metrics written to OUT/metrics.json."""
     from qtinker import export  # the save/load twin lives there
 
@@ -396,15 +419,7 @@ def run_quantize(args) -> int:
 
     transformers.utils.logging.disable_progress_bar()  # one line per event on the console, not bars
     config = from_args(QuantizeConfig, args)
-    events = Events(args.events, echo=True, stop_file=args.stop_file)
-    try:
-        metrics = quantize(config, events)
-    except QTinkerError as exc:
-        events.emit("stopped" if isinstance(exc, Stopped) else "error", message=str(exc))
-        raise
-    except Exception as exc:
-        events.emit("error", message=f"{type(exc).__name__}: {exc}")
-        raise
+    metrics = quantize(config, Events(args.events, echo=True, stop_file=args.stop_file))  # failures: cli.main
     print(format_metrics(metrics))
     print(f"saved to {Path(config.out).resolve()}  (load it with qtinker.load(...))")
     return 0
