@@ -935,12 +935,7 @@ def run_distill(args: argparse.Namespace) -> int:
         else:
             config = from_args(DistillConfig, args)
         result = distill(config, events)
-    except QTinkerError as exc:
-        events.emit("error", message=str(exc))
-        distributed.teardown(sync=False)
-        raise
-    except Exception as exc:
-        events.emit("error", message=f"{type(exc).__name__}: {exc}")
+    except Exception:  # cli.main prints and records the failure, once
         distributed.teardown(sync=False)
         raise
     distributed.teardown()  # all ranks together, once rank 0 has written the results
