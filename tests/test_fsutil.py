@@ -64,7 +64,7 @@ def test_sweep_removes_what_dead_runs_left_and_keeps_live_and_real_folders(tmp_p
     empty = tmp_path / "run.partial"
     (empty / "checkpoint").mkdir(parents=True)
     (empty / "checkpoint" / "fingerprint.json").write_text("{}")
-    (empty / fsutil.OWNER_FILE).write_text(json.dumps({"pid": dead, "host": host}))
+    (empty / "checkpoint" / fsutil.OWNER_FILE).write_text(json.dumps({"pid": dead, "host": host}))
     resumable = tmp_path / "run2.partial"
     (resumable / "checkpoint").mkdir(parents=True)
     (resumable / "checkpoint" / "state.pt").write_bytes(b"x")
@@ -92,3 +92,16 @@ def test_sweep_removes_what_dead_runs_left_and_keeps_live_and_real_folders(tmp_p
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([live_stage.name, other_host.name, "run2.partial", "run3.partial", fresh_quant.name,
                            "exports", "bert-mini"])
+
+
+def test_a_distillation_marks_its_partial_folder_so_only_a_dead_ones_is_swept(tmp_path):
+    from qtinker.distill import DistillConfig, prepare_output
+
+    out = tmp_path / "run"
+    work, checkpoint = tmp_path / "run.partial", tmp_path / "run.partial" / "checkpoint" / "state.pt"
+    prepare_output(out, work, checkpoint, DistillConfig(out=str(out), teacher="", data="d.csv"))
+    owner = json.loads((checkpoint.parent / fsutil.OWNER_FILE).read_text())
+    assert owner == {"pid": os.getpid(), "host": fsutil._host_id()}
+    assert fsutil.sweep_leftovers(tmp_path) == [] and work.is_dir()  # running (this process)
+    (checkpoint.parent / fsutil.OWNER_FILE).write_text(json.dumps({**owner, "pid": _dead_pid()}))
+    assert fsutil.sweep_leftovers(tmp_path) == [work] and not work.exists()  # killed before its first checkpoint

@@ -37,7 +37,7 @@ from typing import Callable
 
 import torch
 
-from qtinker import distributed, resume
+from qtinker import distributed, fsutil, resume
 from qtinker.config import add_arguments, from_args, load_config, option, save_config
 from qtinker.errors import QTinkerError
 from qtinker.events import Events, Stopped, stoppable
@@ -517,6 +517,7 @@ def prepare_output(out: Path, work: Path, checkpoint: Path, c: DistillConfig) ->
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     resume.record_or_check(c, checkpoint.parent, work)  # what --resume compares against
+    fsutil.write_owner(checkpoint.parent)  # a sweep (fsutil.sweep_leftovers) leaves a running run's folder alone
 
 
 def publish(work: Path, out: Path, overwrite: bool) -> None:

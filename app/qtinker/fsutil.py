@@ -93,7 +93,8 @@ def temp_file(dest: Path, suffix: str = ".part") -> Path:
 
 
 def write_owner(folder: Path) -> None:
-    """Mark `folder` (a run's OUT.partial) as written by this process, so a sweep leaves it alone."""
+    """Mark `folder` (in a run's OUT.partial, e.g. its checkpoint folder) as written by this process, so a
+    sweep leaves the .partial alone."""
     (folder / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": _host_id()}) + "\n", encoding="utf-8")
 
 
@@ -154,9 +155,9 @@ def _empty_partial(folder: Path) -> bool:
 
 def _owner_gone(folder: Path) -> bool:
     try:
-        owner = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+        owner = json.loads(next(folder.rglob(OWNER_FILE)).read_text(encoding="utf-8"))
         pid, host = int(owner["pid"]), owner["host"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (StopIteration, OSError, ValueError, KeyError, TypeError):
         return _untouched_for(folder) > STALE_AFTER_S
     return host == _host_id() and not pid_alive(pid)
 
