@@ -53,6 +53,11 @@ def setup(tiny_bert, tmp_path):
     return config, tmp_path
 
 
+def student_progress(path) -> list[dict]:
+    """The student loop's progress events (they carry the raw loss terms; other stages' do not)."""
+    return [e for e in read_events(path) if e["type"] == "progress" and "raw" in e]
+
+
 def weights(folder) -> dict:
     return load_file(str(Path(folder) / "model.safetensors"))
 
@@ -86,11 +91,16 @@ def test_first_step_losses_are_pinned(setup):
     config, tmp = setup
     distill(config(method="feature", student_from_teacher=0, student_config=[1, 16, 2], epochs=1),
             Events(tmp / "ev.jsonl", echo=False))
-    first = next(e for e in read_events(tmp / "ev.jsonl") if e["type"] == "progress")
-    assert {k: first[k] for k in FIRST_STEP} == pytest.approx(FIRST_STEP, abs=2e-4)
-    # the weights are applied once: 0.5·kd + 0.5·hard + embedding + hidden + attention (all weights 1)
-    total = 0.5 * first["kd"] + 0.5 * first["hard"] + first["embedding"] + first["hidden"] + first["attention"]
+    first = student_progress(tmp / "ev.jsonl")[0]
+    assert {k: first["raw"][k] for k in FIRST_STEP} == pytest.approx(FIRST_STEP, abs=2e-4)
+    # the weights are applied once; balanced, each term's first-batch size is its weight (0.5 kd, 0.5 hard, 1 each
+    # other), except attention, far below the floor of 1/1000 of the largest term
+    assert {k: first[k] for k in ("kd", "hard", "embedding", "hidden")} == pytest.approx(
+        {"kd": 0.5, "hard": 0.5, "embedding": 1.0, "hidden": 1.0}, rel=1e-3)
+    assert first["attention"] == pytest.approx(FIRST_STEP["attention"] / (1e-3 * FIRST_STEP["embedding"]), rel=1e-2)
+    total = sum(first[k] for k in FIRST_STEP)
     assert first["loss"] == pytest.approx(total, abs=1e-4)
+    assert first["weights"]["kd"] == pytest.approx(0.5 / first["raw"]["kd"], rel=1e-3)
 
 
 FIRST_STEP = {"kd": 0.05375, "hard": 0.69281, "embedding": 1.44498, "hidden": 1.3947, "attention": 0.00022}
@@ -101,7 +111,7 @@ def test_layer_methods_train_their_extra_losses(setup, method):
     config, tmp = setup
     events = Events(tmp / "ev.jsonl", echo=False)
     distill(config(method=method), events)
-    progress = [e for e in read_events(tmp / "ev.jsonl") if e["type"] == "progress"]
+    progress = student_progress(tmp / "ev.jsonl")
     extra = ["patient"] if method == "patient" else ["embedding", "hidden", "attention"]
     for name in extra:
         assert progress[0][name] > 0
@@ -133,7 +143,8 @@ def test_cached_and_live_teacher_give_the_same_student(setup):
     distill(config(method="feature", out=str(tmp / "b"), cache_teacher=False))
     a, b = weights(tmp / "a"), weights(tmp / "b")
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-2, atol=1e-3)  # cached features are stored in fp16
+        # cached features are stored in fp16, and the loss-balance scales are measured on them
+        torch.testing.assert_close(a[key], b[key], rtol=1e-2, atol=2e-3)
 
 
 class StopAfter(Events):
@@ -346,3 +357,65 @@ def test_early_stopping_ends_after_epochs_without_improvement(setup):
     config, _ = setup
     metrics = distill(config(epochs=5, lr=1e-8, early_stopping=1))
     assert metrics["epochs_run"] == 2 and metrics["best_epoch"] == 1
+
+
+@pytest.mark.parametrize("method", ["logit", "patient", "feature"])
+def test_balanced_loss_terms_stay_within_10x_of_each_other(setup, method, monkeypatch):
+    """With the default settings no weighted term drowns another, and the frozen weights are logged and saved."""
+    config, tmp = setup
+    clock = iter(range(0, 10**6, 3))  # a progress event every step (they are emitted every 2 s)
+    monkeypatch.setattr(d.time, "time", lambda: float(next(clock)))
+    distill(config(method=method, epochs=3, lr=DistillConfig.lr), Events(tmp / "ev.jsonl", echo=False))
+    progress = student_progress(tmp / "ev.jsonl")
+    assert len(progress) == 3 * 8  # 64 examples, batches of 8
+    for e in progress[1:]:
+        terms = {k: e[k] for k in e["weights"]}
+        assert max(terms.values()) <= 10 * min(terms.values()), (e["step"], terms)
+        assert e["loss"] == pytest.approx(sum(terms.values()), rel=1e-4)
+    expected = {"logit": {"kd", "hard"}, "patient": {"kd", "hard", "patient"},
+                "feature": {"embedding", "hidden", "attention"}}[method]
+    assert set().union(*(e["weights"] for e in progress)) >= expected
+    frozen = [e for e in read_events(tmp / "ev.jsonl") if e["type"] == "loss_weights"]
+    assert frozen and frozen[0]["step"] == 10 and set(frozen[0]["scales"]) >= expected
+    saved = json.loads((tmp / "out" / "metrics.json").read_text())["loss_weights"]
+    first_stage = next(iter(saved.values()))
+    assert {k: v["scale"] for k, v in first_stage.items()} == pytest.approx(
+        {k: frozen[0]["scales"][k] for k in first_stage})
+
+
+def test_unbalanced_losses_are_the_raw_terms_times_their_weights(setup):
+    config, tmp = setup
+    distill(config(method="patient", balance_losses=False, beta=500.0), Events(tmp / "ev.jsonl", echo=False))
+    first = student_progress(tmp / "ev.jsonl")[0]
+    assert first["weights"] == {"kd": 0.5, "hard": 0.5, "patient": 500.0}
+    assert first["patient"] == pytest.approx(500.0 * first["raw"]["patient"], rel=1e-4)
+    assert not [e for e in read_events(tmp / "ev.jsonl") if e["type"] == "loss_weights"]
+
+
+def test_feature_kd_runs_tinybert_two_stages_switching_at_the_set_epoch(setup, monkeypatch):
+    config, tmp = setup
+    clock = iter(range(0, 10**6, 3))  # a progress event every step
+    monkeypatch.setattr(d.time, "time", lambda: float(next(clock)))
+    metrics = distill(config(method="feature", epochs=3, intermediate_epochs=1), Events(tmp / "ev.jsonl", echo=False))
+    events = read_events(tmp / "ev.jsonl")
+    stages = [(e["stage"], e["epoch"]) for e in events if e["type"] == "stage"]
+    assert stages == [("intermediate", 1), ("prediction", 2)]
+    for e in student_progress(tmp / "ev.jsonl"):
+        terms = {"embedding", "hidden", "attention"} if e["epoch"] == 1 else {"kd", "hard"}
+        assert set(e["weights"]) == terms, e
+    assert metrics["schedule"] == [{"stage": "intermediate", "epochs": 1}, {"stage": "prediction", "epochs": 2}]
+    assert set(metrics["loss_weights"]["prediction"]) == {"kd", "hard"}
+
+
+def test_two_stage_is_the_default_for_feature_kd_only(setup):
+    config, _ = setup
+    plan = lambda **kw: d.stage_plan(config(**kw), [d.LayerMatch(2, 1, "hidden")])  # noqa: E731
+    assert plan(method="feature", epochs=3) == [("intermediate", 2), ("prediction", 1)]
+    assert plan(method="feature", epochs=13) == [("intermediate", 9), ("prediction", 4)]
+    assert plan(method="feature", epochs=1) == [("joint", 1)]
+    assert plan(method="patient", epochs=3) == [("joint", 3)]
+    assert plan(method="feature", epochs=3, schedule="joint") == [("joint", 3)]
+    with pytest.raises(QTinkerError, match="--intermediate-epochs: 3 with --epochs 3; choose 1-2"):
+        plan(method="feature", epochs=3, intermediate_epochs=3)
+    with pytest.raises(QTinkerError, match="--schedule two-stage: method logit"):
+        d.stage_plan(config(method="logit", schedule="two-stage"), [])

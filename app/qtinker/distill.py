@@ -9,12 +9,15 @@ Without labelled data (`--unlabeled` only) it runs task-agnostic MLM distillatio
 matches the teacher's masked-token predictions (KL over masked positions only) and is saved
 as a MaskedLM folder. With both, the extra text is labelled by the teacher (soft targets only).
 
-Loss (classification):  alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE(student, labels)
-  + patient: beta · PKD normalised [CLS] MSE over the mapped layers
+Loss (classification), every term weighed in one place of the loop:
+  kd_weight (alpha) · T² · KL(teacher_T ‖ student_T) + hard_label_weight (1 − alpha) · CE(student, labels)
+  + patient: beta · PKD [CLS] loss (normalised vectors, squared distance summed over the mapped layers)
   + feature: hidden_weight · Σ hidden MSE (through a trained projection when widths differ)
              + attention_weight · Σ pre-softmax attention-score MSE (equal head counts)
              + embedding_weight · embedding-output MSE
-The weights are applied once, in `compute_loss`.
+With --balance-losses (default) each term is also divided by its mean size over its first batches
+(`LossBalance`), so the weights are shares. Feature KD runs TinyBERT's two stages by default
+(`stage_plan`): the intermediate-layer terms first, then the prediction-layer terms.
 
 Seams for a multi-process (torchrun) run: the example order of an epoch comes only from
 `batch_order`, and every write goes through `is_main_process()`.
@@ -84,12 +87,28 @@ class DistillConfig:
     alpha: float = option(0.5, "kd_weight: weight of the soft (teacher) loss; the hard-label loss gets "
                                "hard_label_weight = 1 − alpha (PKD's convention; torchdistill's is the opposite). "
                                "Examples without a label (augmentation) get the soft loss only.")
-    beta: float = option(500.0, "patient_weight: weight of PKD's normalised [CLS] MSE (a mean over the width, "
-                                "as in PKD: 500 is its predefined run, its grid 100-1000).")
+    beta: float = option(1.0, "patient_weight: weight of PKD's [CLS] loss (the paper's form: squared distance of the "
+                              "L2-normalised [CLS] vectors, summed over the width and the mapped layers). With "
+                              "--balance-losses, relative to the other terms (1 = as large as a weight-1 term at the "
+                              "start); with --no-balance-losses, PKD's own β (its grid: 10, 100, 500, 1000).")
     hidden_weight: float = option(1.0, "feature: weight of the hidden-state MSE (summed over mapped layers).")
     attention_weight: float = option(1.0, "feature: weight of the pre-softmax attention-score MSE (needs equal head "
                                           "counts; skipped with a warning otherwise).")
     embedding_weight: float = option(1.0, "feature: weight of the embedding-output MSE (student 0 <- teacher 0).")
+    balance_losses: bool = option(True, "Scale each loss term by 1 / its mean size over its first --balance-batches "
+                                        "batches, then freeze the scales, so that no term drowns the others and each "
+                                        "weight is that term's share of the loss. The scales are logged and saved in "
+                                        "metrics.json. Off: the raw terms times their weights.")
+    balance_batches: int = option(10, "Batches over which --balance-losses measures each term's size before freezing "
+                                      "its scale.")
+    schedule: str = option("auto", "joint: every loss term from the first step. two-stage (TinyBERT): the "
+                                   "intermediate-layer terms alone for --intermediate-epochs, then the prediction "
+                                   "layer (KD on logits + labels) for the remaining epochs, each stage with its own "
+                                   "warmup and decay. auto: two-stage for feature KD with 2+ epochs, else joint.",
+                           choices=("auto", "joint", "two-stage"))
+    intermediate_epochs: int = option(0, "two-stage: epochs of the intermediate-layer stage; the prediction-layer stage "
+                                         "gets --epochs minus these. 0: two thirds of --epochs, rounded (TinyBERT's "
+                                         "ratio is 10:3), at least 1 epoch left for each stage.")
     epochs: int = option(3, "Training epochs over the data.")
     batch_size: int = option(32, "Examples per batch (the effective batch is batch_size × grad_accum).")
     grad_accum: int = option(1, "Batches whose gradients are added before each optimizer step.")
@@ -287,8 +306,10 @@ def _distill(config: DistillConfig, events: Events) -> dict:
     global_batch = config.batch_size * ctx.world_size  # --batch-size is per process
     steps_per_epoch = math.ceil(math.ceil(len(examples) / global_batch) / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
-    warmup = int(total_steps * config.warmup_ratio)
-    scheduler = linear_schedule(optimizer, warmup, total_steps)
+    # stages: joint, or TinyBERT's intermediate-layer stage then prediction-layer stage (each its own warmup/decay)
+    stages = stage_plan(config, matches)
+    epoch_stage = [name for name, n in stages for _ in range(n)]
+    scheduler = stage_schedule(optimizer, config.warmup_ratio, [n * steps_per_epoch for _, n in stages])
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=amp_dtype == torch.float16)
 
     # ---- resume
@@ -303,7 +324,9 @@ def _distill(config: DistillConfig, events: Events) -> dict:
     # ---- processes: DDP averages the gradients of the student and its projection across ranks
     # (the projection only when the loss uses it: DDP needs a gradient for every parameter)
     uses_projection = any(m.kind in ("cls", "hidden") for m in matches)
-    model = distributed.wrap_ddp(distributed.TrainedTogether(student, **({"projection": projection} if uses_projection else {})), ctx)
+    # (two stages: each leaves some parameters without a gradient, the head in the first, the projection in the second)
+    model = distributed.wrap_ddp(distributed.TrainedTogether(student, **({"projection": projection} if uses_projection else {})),
+                                 ctx, find_unused_parameters=len(stages) > 1)
     if ctx.distributed:
         events.log(f"{ctx.world_size} processes ({ctx.backend}): {config.batch_size} examples per process and batch, "
                    f"{global_batch * config.grad_accum} per optimizer step")
@@ -311,7 +334,16 @@ def _distill(config: DistillConfig, events: Events) -> dict:
     # ---- loop
     stopped = False
     last_emit = 0.0
-    for epoch in range(state["epoch"], config.epochs):
+    balance = LossBalance(state, config.balance_batches, config.balance_losses)
+    first_epoch = state["epoch"]
+    for epoch in range(first_epoch, config.epochs):
+        stage = epoch_stage[epoch]
+        weights = term_weights(config, stage)
+        stage_matches = [] if stage == "prediction" else matches
+        if len(stages) > 1 and (epoch == first_epoch or epoch_stage[epoch - 1] != stage):
+            first, n = epoch_stage.index(stage) + 1, epoch_stage.count(stage)
+            events.emit("stage", stage=stage, epoch=epoch + 1, message=f"{stage}-layer stage: epochs {first}-{first + n - 1} "
+                        f"of {config.epochs}, terms " + ", ".join(k for k, w in weights.items() if w))
         lengths = [len(e["input_ids"]) for e in examples]
         order = batch_order(lengths, global_batch, config.seed, epoch, config.length_bucketing)
         order = [distributed.shard_batch(ids, ctx) for ids in order]  # this rank's share of each global batch
@@ -326,7 +358,7 @@ def _distill(config: DistillConfig, events: Events) -> dict:
             while True:  # CUDA out of memory: halve the micro-batch, keep the effective batch
                 try:
                     optimizer.zero_grad(set_to_none=True)
-                    loss_sum, parts = 0.0, {}
+                    loss_sum, parts, raw = 0.0, {}, {}
                     for batch_index, batch_ids in enumerate(group):
                         micros = split_ids(batch_ids, state["splits"])
                         for micro_index, micro in enumerate(micros):
@@ -340,13 +372,19 @@ def _distill(config: DistillConfig, events: Events) -> dict:
                             last = batch_index == len(group) - 1 and micro_index == len(micros) - 1
                             with (nullcontext() if last or not ctx.distributed else model.no_sync()), \
                                     torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                                loss, micro_parts = compute_loss(config, task, model, teacher, projection, matches,
-                                                                 student_scores, teacher_scores, cache, batch, micro)
+                                micro_raw = compute_loss(config, task, model, teacher, projection, stage_matches,
+                                                         student_scores, teacher_scores, cache, batch, micro)
+                                scales = balance.scales(micro_raw, weights)
+                                # the one place the terms are weighed: configured weight × balance scale
+                                micro_parts = {k: weights[k] * scales[k] * v for k, v in micro_raw.items() if weights.get(k)}
+                                loss = sum(micro_parts.values())
                             weight = len(micro) / n_group
                             scaler.scale(loss * weight).backward()
                             loss_sum += loss.detach() * weight
                             for k, v in micro_parts.items():
                                 parts[k] = parts.get(k, 0.0) + v.detach() * weight
+                            for k, v in micro_raw.items():
+                                raw[k] = raw.get(k, 0.0) + v.detach() * weight
                     break
                 except torch.OutOfMemoryError:
                     optimizer.zero_grad(set_to_none=True)
@@ -368,15 +406,27 @@ def _distill(config: DistillConfig, events: Events) -> dict:
             state["step_in_epoch"] = step_in_epoch + 1
             state["train_seconds"] += time.perf_counter() - t0
             state["train_examples"] += n_group * ctx.world_size
+            if balance.newly_frozen:
+                frozen = balance.frozen()
+                effective = {k: round(w * frozen[k], 6) for k, w in weights.items() if w and k in frozen}
+                events.emit("loss_weights", step=state["global_step"], stage=stage, scales=frozen, weights=effective,
+                            message="loss weights (weight × 1/size over the first batches): " +
+                                    ", ".join(f"{k} {weights[k]:g}×{frozen[k]:.4g}" for k in effective))
+                balance.newly_frozen.clear()
             now = time.time()
             # .item() syncs the GPU: only here; all ranks join the all-reduce when any of them logs
             if distributed.any_rank(now - last_emit > 2 or state["global_step"] in (1, total_steps), ctx):
                 last_emit = now
-                shown = distributed.mean_across_ranks({"loss": float(loss_sum), **{k: float(v) for k, v in parts.items()}}, ctx)
+                shown = distributed.mean_across_ranks({"loss": float(loss_sum), **{k: float(v) for k, v in parts.items()},
+                                                       **{"raw " + k: float(v) for k, v in raw.items()}}, ctx)
                 speed = state["train_examples"] / max(state["train_seconds"], 1e-9)
+                # top-level terms are the weighted ones (they add up to loss; the loss plot draws them);
+                # raw: the unweighted terms; weights: weight × balance scale of each
                 events.emit("progress", step=state["global_step"], total_steps=total_steps, epoch=epoch + 1,
                             epochs=config.epochs, loss=round(shown["loss"], 5),
-                            **{k: round(shown[k], 5) for k in parts}, examples_per_s=round(speed, 1),
+                            **{k: round(shown[k], 5) for k in parts},
+                            raw={k: round(shown["raw " + k], 6) for k in raw},
+                            weights={k: round(weights[k] * scales[k], 6) for k in parts}, examples_per_s=round(speed, 1),
                             eta_s=round((total_steps - state["global_step"]) * state["train_seconds"] / state["global_step"], 1))
             if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0:
                 save_checkpoint(checkpoint, state, student, projection, optimizer, scheduler, scaler, ctx)
@@ -435,11 +485,14 @@ def _distill(config: DistillConfig, events: Events) -> dict:
         "teacher_cache_seconds": round(cache_seconds, 2), "train_seconds": round(state["train_seconds"], 2),
         "train_examples": len(examples), "epochs_run": len(state["history"]), "history": state["history"],
         "layer_map": describe_map(matches), "device": device, "micro_batches_per_batch": state["splits"],
-        "processes": ctx.world_size,
+        "processes": ctx.world_size, "schedule": [{"stage": name, "epochs": n} for name, n in stages],
+        "loss_weights": {name: {k: {"weight": w, "scale": balance.current().get(k, 1.0) if config.balance_losses else 1.0}
+                                for k, w in term_weights(config, name).items() if w} for name, _ in stages},
         "hyperparameters": {"temperature": config.temperature, "t_squared": True, "kd_weight": config.alpha,
                             "hard_label_weight": round(1 - config.alpha, 6), "patient_weight": config.beta,
                             "hidden_weight": config.hidden_weight, "attention_weight": config.attention_weight,
-                            "embedding_weight": config.embedding_weight, "lr": config.lr, "epochs": config.epochs,
+                            "embedding_weight": config.embedding_weight, "balance_losses": config.balance_losses,
+                            "balance_batches": config.balance_batches, "lr": config.lr, "epochs": config.epochs,
                             "batch_size": config.batch_size, "grad_accum": config.grad_accum,
                             "max_length": config.max_length, "seed": config.seed},
     }
@@ -589,6 +642,37 @@ def layer_matches(c: DistillConfig, n_teacher: int, n_student: int) -> list[Laye
         return last_map(n_teacher, n_student)
     pkd = pkd_map(n_teacher, n_student, name.split("-")[1])  # pkd maps for feature KD: hidden states of those layers
     return [LayerMatch(m.teacher, m.student, "hidden") for m in pkd] + [LayerMatch(n_teacher, n_student, "hidden")]
+
+
+def stage_plan(c: DistillConfig, matches: list[LayerMatch]) -> list[tuple[str, int]]:
+    """[(stage, epochs)]: [("joint", epochs)], or TinyBERT's [("intermediate", n), ("prediction", epochs − n)]."""
+    layer_terms = bool(matches)
+    if c.schedule == "joint" or (c.schedule == "auto" and (c.method != "feature" or c.epochs < 2 or not layer_terms)):
+        return [("joint", c.epochs)]
+    if not layer_terms:
+        raise QTinkerError(f"--schedule two-stage: method {c.method} has no intermediate-layer terms here; use --schedule joint")
+    n = c.intermediate_epochs or max(1, min(c.epochs - 1, round(c.epochs * 2 / 3)))
+    if not 1 <= n < c.epochs:
+        raise QTinkerError(f"--intermediate-epochs: {n} with --epochs {c.epochs}; choose 1-{c.epochs - 1} so that each "
+                           "stage gets at least one epoch")
+    return [("intermediate", n), ("prediction", c.epochs - n)]
+
+
+def stage_schedule(optimizer, warmup_ratio: float, stage_steps: list[int]):
+    """Within each stage (steps in `stage_steps`): linear warmup over warmup_ratio of it, then linear decay to 0.
+    A new stage starts the schedule again, as TinyBERT's two separate runs do. One stage = `linear_schedule`."""
+    def factor(step: int) -> float:
+        start = 0
+        for i, n in enumerate(stage_steps):
+            if step < start + n or i == len(stage_steps) - 1:
+                local, warmup = step - start, int(n * warmup_ratio)
+                if local < warmup:
+                    return (local + 1) / warmup
+                return max(0.0, (n - local) / max(1, n - warmup))
+            start += n
+        return 0.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def linear_schedule(optimizer, warmup: int, total: int):
@@ -749,12 +833,15 @@ def teacher_targets(teacher, teacher_scores, cache: TeacherCache | None, batch: 
     needs_features = any(m.kind in ("hidden", "attention") for m in matches)
     if cache is not None and (cache.has_features() or not needs_features):
         device = batch["input_ids"].device
+        wanted = {(m.kind, m.teacher) for m in matches}  # this stage's layers only
         scores = {}
         for t, (qs, ks) in (cache.qk or {}).items():
-            scores[t] = qk_scores(cache.padded(qs, ids, width, device), cache.padded(ks, ids, width, device), heads)
+            if ("attention", t) in wanted:
+                scores[t] = qk_scores(cache.padded(qs, ids, width, device), cache.padded(ks, ids, width, device), heads)
         return {"logits": cache.logits[ids].to(device),
-                "cls": {t: v[ids].to(device) for t, v in cache.cls.items()},
-                "hidden": {t: cache.padded(v, ids, width, device) for t, v in (cache.hidden or {}).items()},
+                "cls": {t: v[ids].to(device) for t, v in cache.cls.items() if ("cls", t) in wanted},
+                "hidden": {t: cache.padded(v, ids, width, device) for t, v in (cache.hidden or {}).items()
+                           if ("hidden", t) in wanted},
                 "scores": scores}
     # The teacher runs live: no cache, MLM (random masks), or features too big to cache. no_grad rather
     # than inference_mode: inference tensors could not be used as loss targets without a copy.
@@ -769,8 +856,9 @@ def teacher_targets(teacher, teacher_scores, cache: TeacherCache | None, batch: 
 
 # ---------------------------------------------------------------- the loss: one branch per method
 def compute_loss(c: DistillConfig, task: str, student, teacher, projection, matches, student_scores, teacher_scores,
-                 cache, batch: dict, ids: list[int]) -> tuple[torch.Tensor, dict]:
-    """Total loss and its parts; every weight of the run is applied here."""
+                 cache, batch: dict, ids: list[int]) -> dict[str, torch.Tensor]:
+    """The raw loss terms of one batch by name (kd, hard, patient, embedding, hidden, attention), unweighted:
+    the run weighs them in one place (`term_weights` × `LossBalance`). `matches`: those of the current stage."""
     target = teacher_targets(teacher, teacher_scores, cache, batch, ids, matches)
     out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   token_type_ids=batch["token_type_ids"], output_hidden_states=bool(matches))
@@ -786,13 +874,11 @@ def compute_loss(c: DistillConfig, task: str, student, teacher, projection, matc
         kd = losses.soft_kl(out.logits, target["logits"], c.temperature)
         hard = losses.hard_ce(out.logits, labels)
     parts = {"kd": kd, "hard": hard}
-    total = c.alpha * kd + (1 - c.alpha) * hard
-    if c.method == "patient":
-        cls_matches = [m for m in matches if m.kind == "cls"]
+    cls_matches = [m for m in matches if m.kind == "cls"]
+    if c.method == "patient" and cls_matches:
         s_cls = torch.stack([projection(out.hidden_states[m.student][:, 0]) for m in cls_matches], 1)
         t_cls = torch.stack([target["cls"][m.teacher] for m in cls_matches], 1)
         parts["patient"] = losses.patience_loss(s_cls, t_cls)
-        total = total + c.beta * parts["patient"]
     if c.method == "feature":
         mask = batch["attention_mask"]
         hidden = [m for m in matches if m.kind == "hidden"]
@@ -801,12 +887,67 @@ def compute_loss(c: DistillConfig, task: str, student, teacher, projection, matc
         layer = [v for m, v in mse.items() if m.student > 0]
         att = [losses.attention_score_mse(student_scores.scores(m.student), target["scores"][m.teacher], mask)
                for m in matches if m.kind == "attention"]
-        for name, terms, weight in (("embedding", embed, c.embedding_weight), ("hidden", layer, c.hidden_weight),
-                                    ("attention", att, c.attention_weight)):
+        for name, terms in (("embedding", embed), ("hidden", layer), ("attention", att)):
             if terms:
                 parts[name] = torch.stack(terms).sum()
-                total = total + weight * parts[name]
-    return total, parts
+    return parts
+
+
+INTERMEDIATE_TERMS = ("patient", "embedding", "hidden", "attention")
+
+
+def term_weights(c: DistillConfig, stage: str) -> dict[str, float]:
+    """The configured weight of each loss term in a stage ("joint", "intermediate" or "prediction"); 0 = off."""
+    weights = {"kd": c.alpha, "hard": 1 - c.alpha}
+    if c.method == "patient":
+        weights["patient"] = c.beta
+    if c.method == "feature":
+        weights.update(embedding=c.embedding_weight, hidden=c.hidden_weight, attention=c.attention_weight)
+    if stage == "intermediate":
+        weights = {k: (w if k in INTERMEDIATE_TERMS else 0.0) for k, w in weights.items()}
+    elif stage == "prediction":
+        weights = {k: (0.0 if k in INTERMEDIATE_TERMS else w) for k, w in weights.items()}
+    return weights
+
+
+class LossBalance:
+    """The scale of each loss term: 1 / its mean size over the first `batches` batches in which it is on, then
+    frozen. Each term so starts near 1 and its weight is its share of the loss, whatever its units (attention
+    scores ~20, normalised [CLS] distances ~1e-2). Disabled: every scale is 1. The sizes and frozen scales live
+    in the run's state dict, so a resumed run continues with the same ones."""
+
+    FLOOR = 1e-3  # a term measured near 0 (e.g. copied embeddings) is scaled as if 1/1000 of the largest term
+
+    def __init__(self, state: dict, batches: int, enabled: bool):
+        self.balance = state.setdefault("balance", {"sizes": {}, "frozen": {}})
+        self.batches, self.enabled = batches, enabled
+        self.newly_frozen: list[str] = []
+
+    def scales(self, parts: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[str, float]:
+        if not self.enabled:
+            return {k: 1.0 for k in parts}
+        sizes, frozen = self.balance["sizes"], self.balance["frozen"]
+        for k, v in parts.items():
+            if weights.get(k) and k not in frozen:
+                total_n = sizes.setdefault(k, [0.0, 0])
+                total_n[0] += abs(float(v.detach()))  # .item() syncs the GPU: only in a term's first `batches` batches
+                total_n[1] += 1
+        for k, (_, n) in sizes.items():
+            if k not in frozen and n >= self.batches:
+                frozen[k] = self.current()[k]
+                self.newly_frozen.append(k)
+        current = self.current()
+        return {k: current.get(k, 1.0) for k in parts}
+
+    def current(self) -> dict[str, float]:
+        """The scale of every term measured so far: frozen, or 1 / its mean size until then."""
+        sizes, frozen = self.balance["sizes"], self.balance["frozen"]
+        means = {k: total / max(n, 1) for k, (total, n) in sizes.items()}
+        floor = max(self.FLOOR * max(means.values(), default=0.0), 1e-12)
+        return {k: frozen.get(k, 1.0 / max(means[k], floor)) for k in means}
+
+    def frozen(self) -> dict[str, float]:
+        return dict(self.balance["frozen"])
 
 
 # ---------------------------------------------------------------- evaluation
