@@ -68,3 +68,65 @@ def test_start_passes_the_teacher_epochs_and_refuses_0_for_a_teacher_without_hea
         assert job.args[job.args.index("--teacher-epochs") + 1] == "2"
     finally:
         end(job.id)
+
+
+def upload(tmp_path: Path, name: str, text: str) -> str:
+    """A file where Gradio keeps an upload: /tmp/gradio/<hash>/<its own name>."""
+    path = tmp_path / "gradio" / "3f9c2a1b" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def labelled_csv(rows: int = 40) -> str:
+    return "text,label\n" + "".join(f"{'good great love' if i % 2 else 'sin law king'} {i},{'pos' if i % 2 else 'neg'}\n"
+                                    for i in range(rows))
+
+
+def test_bad_data_is_refused_at_start_with_the_previews_message_and_leaves_nothing(models, tmp_path):
+    from qtinker import paths
+    from qtinker.ui.data_choice import UPLOAD, data_preview
+    from qtinker.ui.distill_tab import start
+
+    bad = upload(tmp_path, "reviews.csv", "id,text,source\n1,good great,wordnet\n2,sin law,wordnet\n")
+    _, said = data_preview(UPLOAD, bad)
+    assert said == ("**Error:** reviews.csv: no label column found; columns found: id, text, source. "
+                    "Pick the label column in *Label column* below.")  # its own name, the page's picker, no flag
+    refused = start(**start_args(choice=UPLOAD, upload=bad, out_name="bad"))
+    assert refused == said
+    outputs = paths.outputs_dir()
+    assert not (outputs / "data").exists() and not list(outputs.glob("bad*")) and jobs.latest_job("distill") is None
+
+    # never a silent guess: two columns, one of them text, the other is not taken as the label
+    _, said = data_preview(UPLOAD, upload(tmp_path, "two.csv", "text,source\ngood,wordnet\nsin,wordnet\n"))
+    assert said.startswith("**Error:** two.csv: no label column found; columns found: text, source.")
+    # a label column picked in the page
+    _, said = data_preview(UPLOAD, bad, "", "source")
+    assert said.startswith("**Error:** reviews.csv: column 'source' has only one class ('wordnet')")
+    rows, said = data_preview(UPLOAD, upload(tmp_path, "tagged.csv", "words,tag\ngood great,pos\nsin law,neg\n"),
+                              "words", "tag")
+    assert said.startswith("**2 examples**") and "label = `tag`" in said and len(rows) == 2
+
+
+def test_evaluation_upload_or_the_holdout_said_plainly_and_passed_to_the_run(models, tmp_path):
+    from qtinker.ui.data_choice import UPLOAD, eval_preview
+    from qtinker.ui.distill_tab import start
+
+    train = upload(tmp_path, "train.csv", labelled_csv(40))
+    said = eval_preview(UPLOAD, train, None)
+    assert "**holding out 10% of the training file for evaluation** (about 4 of 40 examples)" in said
+    held = upload(tmp_path, "test.csv", labelled_csv(12))
+    assert eval_preview(UPLOAD, train, held) == ("Evaluation: **12 examples** from `test.csv`; "
+                                                 "all 40 training examples train.")
+    unseen = upload(tmp_path, "other.csv", "text,label\ngood,maybe\n")
+    assert eval_preview(UPLOAD, train, unseen).startswith("**Error:** other.csv: line 2: label(s) 'maybe' never occur")
+    assert start(**start_args(choice=UPLOAD, upload=train, eval_upload=unseen)).startswith("**Error:** other.csv")
+
+    started = start(**start_args(choice=UPLOAD, upload=train, eval_upload=held, teacher="headed", out_name="ev"))
+    assert started.startswith("Started job"), started
+    job = jobs.latest_job("distill")
+    try:
+        kept = Path(job.args[job.args.index("--eval-data") + 1])
+        assert kept.parent.name == "data" and kept.read_text(encoding="utf-8") == labelled_csv(12)
+    finally:
+        end(job.id)

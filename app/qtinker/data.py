@@ -221,6 +221,15 @@ def names_list(names: list[str], limit: int = 12) -> str:
     return shown + (f", …and {len(names) - limit} more" if len(names) > limit else "")
 
 
+class ColumnChoice(QTinkerError):
+    """The `role` column ("text", "label") is missing or ambiguous in a file's header: the message names the CLI
+    flag; `columns` (all of the header) and `candidates` (the ambiguous ones) let a UI offer a picker instead."""
+
+    def __init__(self, message: str, role: str, columns: list[str], candidates: list[str] | None = None):
+        super().__init__(message)
+        self.role, self.columns, self.candidates = role, list(columns), list(candidates or [])
+
+
 def _pick(path: Path, columns: list[str], wanted: str | None, names: tuple[str, ...], role: str, flag: str,
           taken: tuple[str | None, ...] = ()) -> str | None:
     lower = {c.lower(): c for c in columns}
@@ -232,8 +241,8 @@ def _pick(path: Path, columns: list[str], wanted: str | None, names: tuple[str, 
         raise QTinkerError(f"{path}: no column '{wanted}' (given by {flag}); columns found: {names_list(columns, 30)}")
     hits = [lower[n] for n in names if n in lower and lower[n] not in taken]
     if len(hits) > 1:
-        raise QTinkerError(f"{path}: several columns could be the {role} ({', '.join(hits)}); choose one with "
-                           f"{flag} NAME (columns found: {names_list(columns, 30)})")
+        raise ColumnChoice(f"{path}: several columns could be the {role} ({', '.join(hits)}); choose one with "
+                           f"{flag} NAME (columns found: {names_list(columns, 30)})", role, columns, hits)
     return hits[0] if hits else None
 
 
@@ -256,16 +265,17 @@ def detect_columns(path: Path, columns: list[str], text_column=None, text_pair_c
         if text_pair_column is not None:
             pair = _pick(path, columns, text_pair_column, (), "second text", "--text-pair-column")
     rest = [c for c in columns if c not in (text, pair, label)]
-    # Two columns where one is recognised: the other is the remaining role.
-    if len(columns) == 2 and need_label and (text is None) != (label is None):
-        text, label = (text, rest[0]) if label is None else (rest[0], label)
+    # Two columns with a recognised label: the other one is the text. (Never the reverse: any column can
+    # look like a label, and a wrong one silently trains on nonsense.)
+    if len(columns) == 2 and need_label and text is None and label is not None:
+        text = rest[0]
     if text is None:
-        raise QTinkerError(f"{path}: no text column found (columns found: {found}); name it 'text' or pass "
+        raise ColumnChoice(f"{path}: no text column found (columns found: {found}); name it 'text' or pass "
                            "--text-column NAME (and --text-pair-column NAME for sentence pairs); the first row "
-                           "must be a header naming the columns")
+                           "must be a header naming the columns", "text", columns)
     if need_label and label is None:
-        raise QTinkerError(f"{path}: no label column found (columns found: {found}); name it 'label' or pass "
-                           "--label-column NAME (text without labels goes in --unlabeled)")
+        raise ColumnChoice(f"{path}: no label column found (columns found: {found}); name it 'label' or pass "
+                           "--label-column NAME (text without labels goes in --unlabeled)", "label", columns)
     if need_label and label in (text, pair):
         raise QTinkerError(f"{path}: column '{label}' cannot be both the text and the label; "
                            f"choose different --text-column / --label-column (columns found: {found})")

@@ -6,16 +6,15 @@ import re
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from qtinker import jobs, paths
 from qtinker.errors import QTinkerError
+from qtinker.fsutil import safe_name
 from qtinker.ui import common, live
+from qtinker.ui.data_choice import AUTO, SAMPLE, UPLOAD, column_choices, data_preview, eval_preview, page_message, read_data
 
 FROM_TEACHER = "from the teacher: N layers"
 CUSTOM = "custom config (layers, hidden, heads)"
-SAMPLE = "Bundled sample (KJV verses → Bible section)"
-UPLOAD = "Upload a file"
 # DistillConfig fields shown per method (temperature and alpha weigh the soft-target loss every method uses)
 METHOD_FIELDS = {"logit": ("temperature", "alpha"), "patient": ("beta", "layer_map"),
                  "feature": ("hidden_weight", "attention_weight", "embedding_weight", "layer_map")}
@@ -61,6 +60,8 @@ def verdict(teacher: str | None, student: str | None, n_layers: float | None, cu
         return "**Not compatible:** write the custom student as LAYERS, HIDDEN, HEADS (e.g. 4, 256, 4); HIDDEN must divide by HEADS."
     if s is None:
         return "Pick a student."
+    if student == CUSTOM and min(s["layers"], s["hidden"], s["heads"]) < 1:
+        return "**Not compatible:** the custom student needs at least 1 layer, 1 hidden unit and 1 head (e.g. 4, 256, 4)."
     if student == CUSTOM and s["hidden"] % s["heads"]:
         return (f"**Not compatible:** hidden size {s['hidden']} does not divide into {s['heads']} heads; "
                 f"pick e.g. {s['hidden'] // 64 or 1} heads.")
@@ -102,32 +103,9 @@ def model_card(name: str | None, student: str | None = None, n_layers=None, cust
     return ""
 
 
-def data_preview(choice: str, upload: str | None) -> tuple[pd.DataFrame, str]:
-    """The first rows, the detected columns and the task of the chosen training data."""
-    from qtinker.data import load_labelled, sample_dataset_path
-
-    path = sample_dataset_path() if choice == SAMPLE else upload
-    if not path:
-        return pd.DataFrame(), "Upload a CSV, TSV, JSONL or TXT file (TXT: one unlabelled example per line)."
-    if Path(path).suffix.lower() == ".txt":
-        from qtinker.data import load_unlabelled
-
-        texts = load_unlabelled(path)
-        return pd.DataFrame({"text": texts[:5]}), (f"**{len(texts)} unlabelled lines**: task-agnostic distillation "
-                                                   "(the student learns the teacher's masked-word predictions).")
-    try:
-        data = load_labelled(path)
-    except QTinkerError as exc:
-        return pd.DataFrame(), f"**Error:** {exc}"
-    cols = ", ".join(f"{role} = `{name}`" for role, name in data.columns.items())
-    names = ", ".join(map(str, data.label_names[:8])) + ("…" if len(data.label_names) > 8 else "")
-    classes = f", {len(data.label_names)} classes ({names})" if data.task == "classification" else ""
-    return pd.DataFrame(data.preview(5)), f"**{len(data)} examples** · task: **{data.task}**{classes} · columns: {cols}"
-
-
 def start(teacher, student, n_layers, custom, choice, upload, method, temperature, alpha, beta, layer_map,
           hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr, max_length, out_name, gpus=1,
-          teacher_epochs=3) -> str:
+          teacher_epochs=3, eval_upload=None, text_column="", label_column="") -> str:
     """Start the distillation as a background job (refused while another job holds the device); with
     gpus > 1, as one torchrun job with a process per GPU (see docs/scaling.md)."""
     from qtinker.data import sample_dataset_path, sample_eval_path
@@ -136,12 +114,15 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
     if not check.startswith("**Compatible**"):
         return check
     t = common.find_model(teacher)
-    if choice != SAMPLE and not upload:
-        return "**Error:** Choose the training data: the bundled sample or an uploaded file."
+    try:  # one folder under outputs/: '.', '..', 'C:x', 'NUL' and separators are refused
+        name = safe_name((out_name or "").strip() or f"{Path(t.name).name}-{method}-student", "Output name")
+    except QTinkerError as exc:
+        return f"**Error:** {exc}"
+    try:  # the checks of the preview, again: bad data never starts a job (nor leaves a copy or a folder)
+        read_data(choice, upload, eval_upload, text_column, label_column)
+    except QTinkerError as exc:
+        return f"**Error:** {page_message(exc, upload, eval_upload)}"
     data = str(sample_dataset_path()) if choice == SAMPLE else str(common.keep_upload(upload))
-    name = (out_name or "").strip() or f"{t.name}-{method}-student"
-    if not re.fullmatch(r"[\w.-]+", name):
-        return f"**Error:** Output name {name!r}: use letters, digits, '-', '_' or '.' only."
     out = common.unique_folder(paths.outputs_dir() / name)
     args = ["--teacher", str(t.path), "--method", method, "--out", str(out), "--epochs", int(epochs),
             "--batch-size", int(batch_size), "--lr", float(lr), "--max-length", int(max_length),
@@ -151,6 +132,10 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
     args += ["--unlabeled", data] if Path(data).suffix.lower() == ".txt" else ["--data", data]
     if choice == SAMPLE:
         args += ["--eval-data", str(sample_eval_path())]
+    elif eval_upload:
+        args += ["--eval-data", str(common.keep_upload(eval_upload))]
+    args += ["--text-column", text_column] if text_column else []
+    args += ["--label-column", label_column] if label_column else []
     if student == FROM_TEACHER:
         args += ["--student-from-teacher", int(n_layers)]
     elif student == CUSTOM:
@@ -245,8 +230,16 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         data_choice = gr.Radio([SAMPLE, UPLOAD], value=SAMPLE, label="Training data", elem_id="distill_data_choice")
         upload = gr.File(label="Data file (CSV / TSV / JSONL with text + label, or TXT)", type="filepath",
                          file_types=[".csv", ".tsv", ".jsonl", ".txt"], visible=False, elem_id="distill_data")
+    with gr.Row():
+        text_column = gr.Dropdown(label="Text column", choices=[AUTO], value="", visible=False, elem_id="text_column",
+                                  info="which column holds the text (when it is not obvious)")
+        label_column = gr.Dropdown(label="Label column", choices=[AUTO], value="", visible=False, elem_id="label_column",
+                                   info="which column holds the answer to learn")
     data_summary = gr.Markdown(elem_id="data_summary")
     preview = gr.Dataframe(label="First rows", interactive=False, wrap=True, max_height=220)
+    eval_upload = gr.File(label="Evaluation data (optional; same columns and classes as the training data)",
+                          type="filepath", file_types=[".csv", ".tsv", ".jsonl"], visible=False, elem_id="distill_eval_data")
+    eval_summary = gr.Markdown(elem_id="eval_summary")
     method = gr.Radio(["logit", "patient", "feature"], value="logit", label="Method", elem_id="method")
     with gr.Row():
         temperature = gr.Number(label="temperature", value=2.0)
@@ -291,16 +284,28 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         box.change(model_card, [teacher, student, n_layers, custom], student_info, api_visibility="private")
     student.change(lambda s: (gr.update(visible=s == FROM_TEACHER), gr.update(visible=s == CUSTOM)), student,
                    [n_layers, custom], api_visibility="private")
-    data_choice.change(lambda c: gr.update(visible=c == UPLOAD), data_choice, upload, api_visibility="private")
-    upload.change(data_preview, [data_choice, upload], [preview, data_summary], api_name="data_preview")
-    data_choice.change(data_preview, [data_choice, upload], [preview, data_summary], api_visibility="private")
+    data_choice.change(lambda c: (gr.update(visible=c == UPLOAD),) * 2, data_choice, [upload, eval_upload],
+                       api_visibility="private")
+    columns = [text_column, label_column]
+    data_in = [data_choice, upload, *columns]
+    eval_in = [data_choice, upload, eval_upload, *columns]
+    upload.change(data_preview, data_in, [preview, data_summary], api_name="data_preview")
+    for box in (data_choice, upload):
+        box.change(column_choices, [data_choice, upload], columns, api_visibility="private")
+        box.change(eval_preview, eval_in, eval_summary, api_visibility="private")
+    data_choice.change(data_preview, data_in, [preview, data_summary], api_visibility="private")
+    for box in columns:  # .input: the user's pick (not the reset when a new file comes)
+        box.input(data_preview, data_in, [preview, data_summary], api_visibility="private")
+        box.input(eval_preview, eval_in, eval_summary, api_visibility="private")
+    eval_upload.change(eval_preview, eval_in, eval_summary, api_name="eval_preview")
     method.change(lambda m: (gr.update(visible=m == "patient"), gr.update(visible=m == "feature"),
                              gr.update(visible=m != "logit")), method, [patient_row, feature_row, layer_map],
                   api_visibility="private")
     gr.api(verdict, api_name="compatibility")
     start_button.click(start, [teacher, student, n_layers, custom, data_choice, upload, method, temperature, alpha, beta,
                                layer_map, hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr,
-                               max_length, out_name, gpus, teacher_epochs], started, api_name="distill_start")
+                               max_length, out_name, gpus, teacher_epochs, eval_upload, text_column, label_column],
+                       started, api_name="distill_start")
     stop_button.click(stop_latest, None, started, api_name="distill_stop")
 
     seen = gr.State(())
@@ -311,7 +316,8 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     demo.load(view, seen, live_outputs, api_visibility="private")  # re-attach to a run after a reload
     demo.load(lambda: common.device_markdown(), None, device_md, api_visibility="private")
     demo.load(gpu_choice, None, gpus, api_visibility="private")
-    demo.load(data_preview, [data_choice, upload], [preview, data_summary], api_visibility="private")
+    demo.load(data_preview, data_in, [preview, data_summary], api_visibility="private")
+    demo.load(eval_preview, eval_in, eval_summary, api_visibility="private")
     demo.load(field_updates, None, [method, temperature, alpha, beta, layer_map, hidden_weight, attention_weight,
                                     embedding_weight, epochs, batch_size, lr, max_length, teacher_epochs, n_layers, custom],
               api_visibility="private")
