@@ -357,3 +357,29 @@ def test_uploads_have_a_model_zip_cap_and_a_smaller_data_cap(tiny_bert, tmp_path
         common.keep_upload(str(data))
     monkeypatch.setattr(common, "DATA_UPLOAD_MAX", 200 << 20)
     assert common.keep_upload(str(data)).read_text() == data.read_text()
+
+
+@pytest.mark.parametrize("out_name", [".", "..", "C:x", "a/b", "NUL"])
+def test_distill_output_name_cannot_leave_outputs(tiny_bert, out_name):
+    from qtinker import paths
+    from qtinker.registry import import_model
+    from qtinker.ui import distill_tab
+
+    import_model(tiny_bert("teacher", num_labels=3))
+    said = distill_tab.start(teacher="teacher", student=distill_tab.FROM_TEACHER, n_layers=1, custom="",
+                             choice=distill_tab.SAMPLE, upload=None, method="logit", temperature=2.0, alpha=0.5,
+                             beta=1.0, layer_map="auto", hidden_weight=1.0, attention_weight=1.0, embedding_weight=1.0,
+                             epochs=1, batch_size=8, lr=1e-3, max_length=32, out_name=out_name, teacher_epochs=0)
+    assert said.startswith(f"**Error:** Output name {out_name!r}: ") and "use a plain folder name" in said
+    assert not paths.outputs_dir().exists() or list(paths.outputs_dir().iterdir()) == []
+    assert not paths.outputs_dir().with_name(paths.outputs_dir().name + "-2").exists()
+
+
+def test_custom_student_with_0_heads_is_refused_before_start(tiny_bert):
+    from qtinker.registry import import_model
+    from qtinker.ui import distill_tab
+
+    import_model(tiny_bert("teacher", num_labels=3))
+    said = distill_tab.verdict("teacher", distill_tab.CUSTOM, 1, "2, 64, 0", "logit")
+    assert said == ("**Not compatible:** the custom student needs at least 1 layer, 1 hidden unit and 1 head "
+                    "(e.g. 4, 256, 4).")
