@@ -48,10 +48,13 @@ def test_masked_kl_only_counts_masked_positions():
     assert losses.masked_kl(s, t, mask, 2.0).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_patience_loss_is_mse_of_normalised_vectors():
-    s = torch.tensor([[[3.0, 4.0]]])  # -> (0.6, 0.8)
-    t = torch.tensor([[[1.0, 0.0]]])  # -> (1, 0)
-    assert losses.patience_loss(s, t).item() == pytest.approx(((0.6 - 1) ** 2 + 0.8 ** 2) / 2, rel=1e-6)
+def test_patience_loss_is_the_papers_squared_distance_of_normalised_vectors_summed_over_layers():
+    s = torch.tensor([[[3.0, 4.0], [0.0, 2.0]]])  # -> (0.6, 0.8), (0, 1)
+    t = torch.tensor([[[1.0, 0.0], [0.0, 5.0]]])  # -> (1, 0), (0, 1)
+    one = (0.6 - 1) ** 2 + 0.8 ** 2  # summed over the width, not averaged
+    assert losses.patience_loss(s, t).item() == pytest.approx(one, rel=1e-6)  # + 0 for the second layer
+    both = torch.cat([s, torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])])  # a second example at distance 0
+    assert losses.patience_loss(both, torch.cat([t, both[1:]])).item() == pytest.approx(one / 2, rel=1e-6)
     assert losses.patience_loss(s * 10, s).item() == pytest.approx(0.0, abs=1e-7)
 
 
