@@ -355,6 +355,10 @@ def test_uploads_have_a_model_zip_cap_and_a_smaller_data_cap(tiny_bert, tmp_path
     monkeypatch.setattr(common, "DATA_UPLOAD_MAX", 1000)
     with pytest.raises(QTinkerError, match=r"train.csv: 0 MB is over the 0 MB limit for a data file"):
         common.keep_upload(str(data))
+    from qtinker.ui import data_choice  # the Distill tab's preview says so before parsing the file
+
+    _, said = data_choice.data_preview(data_choice.UPLOAD, str(data))
+    assert said.startswith("**Error:** train.csv: 0 MB is over the 0 MB limit for a data file")
     monkeypatch.setattr(common, "DATA_UPLOAD_MAX", 200 << 20)
     assert common.keep_upload(str(data)).read_text() == data.read_text()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from qtinker.errors import QTinkerError
+from qtinker.ui import common
 
 SAMPLE = "Bundled sample (KJV verses → Bible section)"
 UPLOAD = "Upload a file"
@@ -56,6 +57,9 @@ def read_data(choice: str, upload: str | None, eval_upload: str | None = None, t
     path, held = training_path(choice, upload), eval_path(choice, eval_upload)
     if not path:
         raise QTinkerError("Choose the training data: the bundled sample or an uploaded file.")
+    for uploaded in (upload, eval_upload) if choice != SAMPLE else ():
+        if uploaded:  # before anything parses it: gradio's own cap is the model zip's
+            common.check_upload(uploaded, common.DATA_UPLOAD_MAX, "data file")
     if Path(path).suffix.lower() == ".txt":
         return load_unlabelled(path), None
     train = load_labelled(path, text_column=text_column or None, label_column=label_column or None)
@@ -112,7 +116,7 @@ def column_choices(choice: str, upload: str | None) -> tuple[dict, dict]:
     columns: list[str] = []
     if choice == UPLOAD and upload and Path(upload).suffix.lower() != ".txt":
         try:
-            columns = read_rows(upload)[0]
+            columns = read_rows(common.check_upload(upload, common.DATA_UPLOAD_MAX, "data file"))[0]
         except QTinkerError:
             columns = []
     update = dict(choices=[AUTO, *columns], value="", visible=bool(columns))
