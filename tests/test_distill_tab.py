@@ -130,3 +130,40 @@ def test_evaluation_upload_or_the_holdout_said_plainly_and_passed_to_the_run(mod
         assert kept.parent.name == "data" and kept.read_text(encoding="utf-8") == labelled_csv(12)
     finally:
         end(job.id)
+
+
+def wait(job_id: str, timeout: float = 240) -> jobs.Job:
+    deadline = time.time() + timeout
+    while jobs.get_job(job_id).status in ("running", "queued"):
+        assert time.time() < deadline, jobs.get_job(job_id).log_tail(20)
+        time.sleep(0.3)
+    return jobs.get_job(job_id)
+
+
+def test_stop_then_resume_from_the_page_runs_the_same_job_to_completion(models, tmp_path):
+    from qtinker.ui import live
+    from qtinker.ui.data_choice import UPLOAD
+    from qtinker.ui.distill_tab import resumable, resume_latest, start, stop_latest
+
+    train = upload(tmp_path, "train.csv", labelled_csv(200))
+    assert resume_latest().startswith("Nothing to resume")
+    started = start(**start_args(choice=UPLOAD, upload=train, teacher="headed", epochs=2, batch_size=4, out_name="res"))
+    first = jobs.latest_job("distill")
+    assert f"Writing to `{first.out}.partial`" in live.status_markdown(first)  # where it is, while it runs
+    deadline = time.time() + 120
+    while not any(e.get("type") == "eval" for e in first.events()):  # the checkpoint folder is made before this
+        assert time.time() < deadline and first.running, first.log_tail(20)
+        time.sleep(0.1)
+    assert "**Resume** continues" in stop_latest()
+    first = wait(first.id)
+    assert first.status == "stopped" and resumable(first), started
+    assert "Resume** (Distill tab) continues" in live.status_markdown(first)
+    assert "--resume" not in live.status_markdown(first)  # the page's button, not the CLI flag
+
+    answer = resume_latest()
+    again = jobs.latest_job("distill")
+    assert answer.startswith(f"Resumed as job `{again.id}`") and again.id != first.id
+    assert again.args == [*first.args, "--resume"] and again.out == first.out
+    done = wait(again.id)
+    assert done.status == "done", done.log_tail(20)
+    assert Path(done.out, "metrics.json").exists() and not resumable(done) and not resumable(jobs.get_job(first.id))

@@ -27,6 +27,17 @@ DATA_FILES = ("data", "eval_data", "unlabeled")
 MODELS = ("teacher", "student")
 
 
+def work_folder(out: str | Path) -> Path:
+    """Where a distillation into `out` is built (OUT.partial, renamed to OUT when it finishes)."""
+    return Path(out).with_name(Path(out).name + ".partial")
+
+
+def checkpoint_left(out: str | Path) -> Path | None:
+    """The checkpoint folder a stopped or failed distillation into `out` left for --resume, or None."""
+    folder = work_folder(out) / "checkpoint"
+    return folder if folder.is_dir() and not Path(out).exists() else None
+
+
 # ---------------------------------------------------------------- the fingerprint
 def fingerprint(config) -> dict:
     """{field: value} of every result-changing setting; data files and models by content, not by path."""

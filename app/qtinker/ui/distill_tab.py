@@ -172,7 +172,29 @@ def stop_latest() -> str:
     if job is None or not job.running:
         return "No distillation is running."
     jobs.stop_job(job.id)
-    return f"Stopping `{job.id}` at the next step; its checkpoint is kept (continue later with --resume)."
+    return f"Stopping `{job.id}` at the next step; its checkpoint is kept: **Resume** continues from it."
+
+
+def resumable(job) -> bool:
+    """A stopped or failed distillation that left a checkpoint (and was not resumed to the end since)."""
+    from qtinker.resume import checkpoint_left
+
+    return bool(job and job.out and job.status in ("stopped", "failed", "failed (interrupted)") and checkpoint_left(job.out))
+
+
+def resume_latest() -> str:
+    """Run the latest distillation's own command again with --resume (same settings, same output folder)."""
+    job = jobs.latest_job("distill")
+    if not resumable(job):
+        return "Nothing to resume: the latest distillation is running, finished, or left no checkpoint."
+    program = job.argv[:job.argv.index(job.command)] if job.command in job.argv else []  # python -m qtinker, or torchrun
+    try:
+        again = jobs.start_job("distill", [*[a for a in job.args if a != "--resume"], "--resume"], slot=job.slot,
+                               title=job.title.removesuffix(" (resumed)") + " (resumed)", out=job.out,
+                               program=program or None)
+    except QTinkerError as exc:
+        return f"**Error:** {exc}"
+    return f"Resumed as job `{again.id}` from `{job.out}.partial`; it keeps running if you close this tab."
 
 
 def progress_text(job) -> str:
@@ -187,10 +209,11 @@ def view(seen: tuple):
     last_sig, drawn = seen or (None, ())
     if sig == last_sig:  # nothing new on disk; while running the clocks (elapsed, ETA) still move
         head = (live.status_markdown(job, "distillation"), progress_text(job)) if job and job.running else (gr.skip(),) * 2
-        return (*head, *[gr.skip()] * 4, seen)
+        return (*head, *[gr.skip()] * 5, seen)
     plot, drawn = live.plot_value(live.loss_frame(job), "series", drawn)
     return (live.status_markdown(job, "distillation"), progress_text(job),
             plot, live.eval_frame(job), live.log_text(job, 8), gr.update(interactive=bool(job and job.running)),
+            gr.update(visible=resumable(job)),
             (sig if drawn is not None else None, drawn or ()))
 
 
@@ -265,6 +288,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     with gr.Row():
         start_button = gr.Button("Start distillation", variant="primary")
         stop_button = gr.Button("Stop", variant="stop", interactive=False)
+        resume_button = gr.Button("Resume", visible=False, elem_id="distill_resume")
     started = gr.Markdown(elem_id="distill_started")
     gr.Markdown("### Live")
     status = gr.Markdown("No distillation yet.", elem_id="distill_status")
@@ -307,9 +331,10 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
                                max_length, out_name, gpus, teacher_epochs, eval_upload, text_column, label_column],
                        started, api_name="distill_start")
     stop_button.click(stop_latest, None, started, api_name="distill_stop")
+    resume_button.click(resume_latest, None, started, api_name="distill_resume")
 
     seen = gr.State(())
-    live_outputs = [status, progress, loss_plot, evals, log, stop_button, seen]
+    live_outputs = [status, progress, loss_plot, evals, log, stop_button, resume_button, seen]
     timer.tick(view, seen, live_outputs, api_visibility="private", show_progress="hidden")
     refresh = lambda: (gr.update(choices=common.model_names(quantized=False)), gr.update(choices=student_choices()))  # noqa: E731
     demo.load(refresh, None, [teacher, student], api_visibility="private")

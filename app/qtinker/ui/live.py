@@ -73,7 +73,15 @@ def status_markdown(job: Job | None, what: str = "job") -> str:
         head += f"\n\n**Error:** {job.error()}\n\nThe last lines of the log are below."
     elif job.status == "stopped":
         said = last(job.events(), "stopped")
-        head += "\n\nStopped on request: " + (said.get("message", "") if said else job.note or "ended before finishing") + "."
+        said = (said.get("message", "") if said else job.note or "ended before finishing").split("; continue with")[0]
+        head += f"\n\nStopped on request: {said}."
+    if job.command == "distill" and job.out and job.status != "done":
+        from qtinker.resume import checkpoint_left, work_folder
+
+        if job.running:
+            head += f"\n\nWriting to `{work_folder(job.out)}` (renamed to `{job.out}` when it finishes)."
+        elif checkpoint_left(job.out):
+            head += f"\n\nCheckpoint kept in `{checkpoint_left(job.out)}`: **Resume** (Distill tab) continues from it."
     if job.out and job.status == "done":
         head += f"\n\nOutput: `{job.out}`"
     return head
