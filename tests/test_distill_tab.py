@@ -167,3 +167,4 @@ def test_stop_then_resume_from_the_page_runs_the_same_job_to_completion(models, 
     done = wait(again.id)
     assert done.status == "done", done.log_tail(20)
     assert Path(done.out, "metrics.json").exists() and not resumable(done) and not resumable(jobs.get_job(first.id))
+    assert "% of the teacher's accuracy**" in live.distill_summary(done)  # the finish summary, from the real run

@@ -116,3 +116,21 @@ def test_a_download_retry_counts_down_instead_of_starting(tmp_path):
                                             "total": 4000}, dict(warning, time=1001.0)])
     assert live.progress_markdown(job, now=1002.0) == ("1.0 KB of 4.0 KB (25%) · connection to storage.googleapis.com "
                                                        "failed (timed out): retrying in 3 s (retry 2/5)")
+
+
+def test_finish_summary_puts_retention_agreement_size_and_time_first(tmp_path):
+    from qtinker.ui import live
+
+    result = {"teacher_metrics": {"accuracy": 0.9123, "macro_f1": 0.9}, "student_metrics": {"accuracy": 0.8856},
+              "retention": 0.9707, "agreement": 0.942, "teacher_parameters": 109_483_778, "student_parameters": 4_386_178,
+              "best_epoch": 2, "epochs_run": 3}
+    job = job_with_events(tmp_path, [{"type": "done", "time": 1725.0, "result": result}], status="done")
+    job.ended, job.out = 1725.0, str(tmp_path / "student")
+    Path(job.out).mkdir()
+    Path(job.out, "model.safetensors").write_bytes(b"\0" * 17_500_000)
+    assert live.distill_summary(job) == (
+        "### Finished\nthe student keeps **97.1% of the teacher's accuracy**; teacher 0.912 → student 0.886; "
+        "same prediction as the teacher on 94.2% of the evaluation examples; 4.4M parameters vs 109.5M (25.0× smaller), "
+        "17.5 MB on disk; best epoch 2 of 3; took 12 min 05 s.")
+    job.status = "stopped"
+    assert live.distill_summary(job) == ""  # only a finished run has one

@@ -197,6 +197,12 @@ def resume_latest() -> str:
     return f"Resumed as job `{again.id}` from `{job.out}.partial`; it keeps running if you close this tab."
 
 
+def status_text(job) -> str:
+    """The finish summary (once done) above the job's status."""
+    summary = live.distill_summary(job)
+    return (summary + "\n\n" if summary else "") + live.status_markdown(job, "distillation")
+
+
 def progress_text(job) -> str:
     warn = live.warnings_markdown(job)
     return live.progress_markdown(job) + ("\n\n" + warn if warn else "")
@@ -208,10 +214,10 @@ def view(seen: tuple):
     sig = live.signature(job)
     last_sig, drawn = seen or (None, ())
     if sig == last_sig:  # nothing new on disk; while running the clocks (elapsed, ETA) still move
-        head = (live.status_markdown(job, "distillation"), progress_text(job)) if job and job.running else (gr.skip(),) * 2
+        head = (status_text(job), progress_text(job)) if job and job.running else (gr.skip(),) * 2
         return (*head, *[gr.skip()] * 5, seen)
     plot, drawn = live.plot_value(live.loss_frame(job), "series", drawn)
-    return (live.status_markdown(job, "distillation"), progress_text(job),
+    return (status_text(job), progress_text(job),
             plot, live.eval_frame(job), live.log_text(job, 8), gr.update(interactive=bool(job and job.running)),
             gr.update(visible=resumable(job)),
             (sig if drawn is not None else None, drawn or ()))

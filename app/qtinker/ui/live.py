@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -85,6 +86,35 @@ def status_markdown(job: Job | None, what: str = "job") -> str:
     if job.out and job.status == "done":
         head += f"\n\nOutput: `{job.out}`"
     return head
+
+
+SCORES = (("accuracy", "accuracy"), ("pearson", "Pearson correlation"), ("mlm_accuracy", "masked-word accuracy"))
+
+
+def distill_summary(job: Job | None) -> str:
+    """A finished distillation in one paragraph: how much of the teacher's score the student keeps, how often
+    they agree, how much smaller it is, how long it took ("" until the job is done)."""
+    result = job.result() if job is not None and job.command == "distill" else None
+    if not result:
+        return ""
+    teacher, student = result.get("teacher_metrics", {}), result.get("student_metrics", {})
+    key, name = next(((k, n) for k, n in SCORES if teacher.get(k) is not None), (None, "score"))
+    parts = []
+    if result.get("retention") is not None:
+        parts.append(f"the student keeps **{100 * result['retention']:.1f}% of the teacher's {name}**")
+    if key:
+        parts.append(f"teacher {teacher[key]:.3f} → student {student.get(key, float('nan')):.3f}")
+    if result.get("agreement") is not None:
+        parts.append(f"same prediction as the teacher on {100 * result['agreement']:.1f}% of the evaluation examples")
+    size = sum(f.stat().st_size for f in Path(job.out).glob("*.safetensors")) if job.out else 0
+    t, s = result.get("teacher_parameters"), result.get("student_parameters")
+    if t and s:
+        parts.append(f"{s / 1e6:.1f}M parameters vs {t / 1e6:.1f}M ({t / s:.1f}× smaller)"
+                     + (f", {human_bytes(size)} on disk" if size else ""))
+    if result.get("best_epoch"):
+        parts.append(f"best epoch {result['best_epoch']} of {result.get('epochs_run', '?')}")
+    parts.append(f"took {human_seconds((job.ended or time.time()) - job.started)}")
+    return "### Finished\n" + "; ".join(parts) + "."
 
 
 STAGES = {"teacher": "fine-tuning teacher", "teacher-cache": "caching teacher outputs", "train": "training student",
