@@ -147,6 +147,10 @@ class DistillConfig:
                                  "schedule, so only an unchanged one gives exactly the uninterrupted result.")
     overwrite: bool = option(False, "Replace an existing --out folder.")
     max_train_examples: int = option(0, "Use only the first N training examples (0: all).")
+    augment: float = option(0.0, "Augmentation for small data: add this many times the training set as extra examples "
+                                 "(TinyBERT-style: about 40% of the words of a training text replaced by the teacher's own "
+                                 "masked-LM predictions, or, for a teacher without an MLM head, by words from --unlabeled "
+                                 "text). The teacher labels them (soft targets only). Seeded by --seed. 0: off.")
 
 
 # ================================================================ the run
@@ -226,6 +230,7 @@ def _distill(config: DistillConfig, events: Events) -> dict:
     teacher_path = st.resolve_model(config.teacher, "teacher")
     config = fit_max_length(config, st.load_config(teacher_path), "teacher", events)
     tokenizer = st.load_tokenizer(teacher_path, "teacher")
+    given_teacher = teacher_path  # before any fine-tuning: augmentation uses its masked-LM head, if it has one
     if mlm:
         teacher = st.load_masked_lm(teacher_path, "teacher")
     else:
@@ -270,11 +275,15 @@ def _distill(config: DistillConfig, events: Events) -> dict:
         labels: list = [-100] * len(train)
     else:
         extra = unlabelled if config.unlabeled else []
-        examples = encode(tokenizer, train.texts + extra,
-                          (train.text_pairs + [""] * len(extra)) if train.text_pairs is not None else None, config.max_length)
-        labels = list(train.labels) + [float("nan") if task == "regression" else -100] * len(extra)
         if extra:
             events.log(f"augmentation: {len(extra)} unlabelled examples get the teacher's soft targets")
+        extra_pairs = [""] * len(extra)
+        if config.augment:
+            texts, pairs = augmented_texts(config, train, given_teacher, tokenizer, unlabelled, device, events)
+            extra, extra_pairs = extra + texts, extra_pairs + pairs
+        examples = encode(tokenizer, train.texts + extra,
+                          (train.text_pairs + extra_pairs) if train.text_pairs is not None else None, config.max_length)
+        labels = list(train.labels) + [float("nan") if task == "regression" else -100] * len(extra)
     cache_start = time.perf_counter()
     if not mlm and config.cache_teacher:
         events.emit("progress", stage="teacher-cache", message=f"{len(examples)} examples")
@@ -492,7 +501,8 @@ def _distill(config: DistillConfig, events: Events) -> dict:
                             "hard_label_weight": round(1 - config.alpha, 6), "patient_weight": config.beta,
                             "hidden_weight": config.hidden_weight, "attention_weight": config.attention_weight,
                             "embedding_weight": config.embedding_weight, "balance_losses": config.balance_losses,
-                            "balance_batches": config.balance_batches, "lr": config.lr, "epochs": config.epochs,
+                            "balance_batches": config.balance_batches, "augment": config.augment,
+                            "lr": config.lr, "epochs": config.epochs,
                             "batch_size": config.batch_size, "grad_accum": config.grad_accum,
                             "max_length": config.max_length, "seed": config.seed},
     }
@@ -526,13 +536,16 @@ def check_config(c: DistillConfig) -> None:
     if len(chosen) != 1:
         raise QTinkerError(f"student: {'both ' + ' and '.join(chosen) if chosen else 'none'} given; choose exactly one of "
                            "--student NAME, --student-from-teacher N, --student-config L,H,A")
+    if c.augment and not c.data:
+        raise QTinkerError(f"--augment: {c.augment} needs labelled --data to augment; use --augment 0 for MLM distillation")
     if c.student_config and len(c.student_config) not in (3, 4):
         raise QTinkerError(f"--student-config: {c.student_config}; give LAYERS,HIDDEN,HEADS[,INTERMEDIATE], e.g. 4,256,4")
     if c.student_layers and c.student_from_teacher and len(c.student_layers) != c.student_from_teacher:
         raise QTinkerError(f"--student-layers: {len(c.student_layers)} layers listed but --student-from-teacher is "
                            f"{c.student_from_teacher}; make them agree")
     for name, low, high in (("temperature", 1e-3, 1e3), ("alpha", 0.0, 1.0), ("beta", 0.0, 1e6), ("lr", 1e-8, 1.0),
-                            ("holdout", 0.0, 0.9), ("mlm_probability", 0.01, 0.9), ("warmup_ratio", 0.0, 0.9)):
+                            ("holdout", 0.0, 0.9), ("mlm_probability", 0.01, 0.9), ("warmup_ratio", 0.0, 0.9),
+                            ("augment", 0.0, 100.0)):
         value = getattr(c, name)
         if not low <= value <= high:
             raise QTinkerError(f"--{name.replace('_', '-')}: {value} is outside {low}-{high}")
@@ -617,6 +630,33 @@ def reorder_labels(data, names: list[str]):
     """The same examples with label indices into `names`."""
     index = {n: i for i, n in enumerate(names)}
     return dataclasses.replace(data, labels=[index[data.label_names[y]] for y in data.labels], label_names=list(names))
+
+
+def augmented_texts(c: DistillConfig, train, teacher_source: str, tokenizer, unlabelled: list[str], device: str,
+                    events: Events) -> tuple[list[str], list[str]]:
+    """round(--augment × N) extra texts (and their second texts, copied) by word replacement; unlabelled."""
+    from qtinker import augment
+
+    n = round(c.augment * len(train))
+    sources, words, chosen = augment.pick_words(train.texts, n, c.seed)
+    try:
+        mlm = st.load_masked_lm(teacher_source, "teacher")
+    except QTinkerError:  # no MLM head (e.g. a sentence-embedding model): take the words from the user's text
+        mlm = None
+    if mlm is not None:
+        new = augment.mlm_replacements(words, chosen, tokenizer, mlm.to(device), c.seed, device, max_length=c.max_length)
+        how = "the teacher's masked-LM predictions"
+        del mlm
+    elif unlabelled:
+        new = augment.text_replacements(words, chosen, unlabelled, c.seed)
+        how = f"words that follow the same word in {c.unlabeled}"
+    else:
+        raise QTinkerError(f"--augment: the teacher {c.teacher} has no masked-LM head to propose words; give --unlabeled "
+                           "text to take them from, or use --augment 0")
+    pairs = [train.text_pairs[i] for i in sources] if train.text_pairs is not None else [""] * n
+    events.log(f"augmentation: {n} extra examples ({c.augment:g}x the {len(train)} training examples), about 40% of "
+               f"their words replaced by {how}; the teacher labels them")
+    return [" ".join(ws) for ws in new], pairs
 
 
 def layer_matches(c: DistillConfig, n_teacher: int, n_student: int) -> list[LayerMatch]:
