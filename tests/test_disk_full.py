@@ -36,6 +36,7 @@ def test_disk_full_while_quantizing_is_one_line_and_keeps_the_previous_result(ti
             "--latency-iters", "2", "--events", str(tmp_path / "ev.jsonl")]
     assert main(args) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert ".qtinker-owner.json" not in before  # the staging folder's owner mark goes before it is published
     capsys.readouterr()
 
     with monkeypatch.context() as m:

@@ -105,3 +105,12 @@ def test_a_distillation_marks_its_partial_folder_so_only_a_dead_ones_is_swept(tm
     assert fsutil.sweep_leftovers(tmp_path) == [] and work.is_dir()  # running (this process)
     (checkpoint.parent / fsutil.OWNER_FILE).write_text(json.dumps({**owner, "pid": _dead_pid()}))
     assert fsutil.sweep_leftovers(tmp_path) == [work] and not work.exists()  # killed before its first checkpoint
+
+
+def test_a_staging_folder_is_marked_until_published_and_swept_once_its_owner_is_gone(tmp_path):
+    dest = tmp_path / "model-int8"
+    stage = fsutil.staging_folder(dest)
+    assert stage.name.startswith(".model-int8.") and (stage / fsutil.OWNER_FILE).exists()
+    assert fsutil.sweep_leftovers(tmp_path) == []  # this process is writing it
+    (stage / fsutil.OWNER_FILE).write_text(json.dumps({"pid": _dead_pid(), "host": fsutil._host_id()}))
+    assert fsutil.sweep_leftovers(tmp_path) == [stage]  # a kill -9 mid-quantize: gone at the next listing

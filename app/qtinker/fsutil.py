@@ -6,10 +6,11 @@
   device name (CON, NUL, COM1…), no control characters.
 - `temp_dir(dest)` / `temp_file(dest)`: hidden scratch space beside `dest` (same filesystem, so
   `os.replace` is atomic), unique per process, with the owner (pid + host) in the name.
-- `sweep_leftovers(root)`: what a killed run left (`.qtinker-tmp-*`, older `.<name>.XXXXXXXX`
-  staging folders and `.<name>.zip.XXXXXXXX.part` files, empty `.partial` folders) goes, but only
-  when its owner is gone: a pid of this host that no longer runs, or, for names without an owner,
-  untouched for a day. A live run's folder is never removed.
+- `staging_folder(dest)`: the same for a folder that becomes `dest` itself (quantize), owner marked inside.
+- `sweep_leftovers(root)`: what a killed run left (`.qtinker-tmp-*`, `.<name>.XXXXXXXX` staging folders,
+  `.<name>.zip.XXXXXXXX.part` files, empty `.partial` folders) goes, but only when its owner is gone: a
+  pid of this host that no longer runs, or, for what names no owner, untouched for a day. A live run's
+  folder is never removed.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ def temp_file(dest: Path, suffix: str = ".part") -> Path:
     return Path(path)
 
 
+def staging_folder(dest: Path) -> Path:
+    """A new hidden `.<name>.XXXXXXXX` folder beside `dest` that becomes `dest` by os.replace, marked with its
+    owner until then: take the mark out (OWNER_FILE) just before the move."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    write_owner(folder)
+    return folder
+
+
 def write_owner(folder: Path) -> None:
     """Mark `folder` (in a run's OUT.partial, e.g. its checkpoint folder) as written by this process, so a
     sweep leaves the .partial alone."""
@@ -144,7 +154,7 @@ def _is_leftover(path: Path) -> bool:
     if path.name.endswith(".partial") and path.is_dir() and not path.is_symlink():
         return _empty_partial(path) and _owner_gone(path)
     if any(p.match(path.name) for p in _LEGACY):
-        return _untouched_for(path) > STALE_AFTER_S
+        return _owner_gone(path) if path.is_dir() and not path.is_symlink() else _untouched_for(path) > STALE_AFTER_S
     return False
 
 

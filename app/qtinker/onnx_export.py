@@ -180,11 +180,10 @@ def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, be
     dir -> reopen it in a new session and check it matches -> metrics.json + card -> move into place."""
     import os
     import shutil
-    import tempfile
 
     import transformers
 
-    from qtinker import export
+    from qtinker import export, fsutil
     from qtinker.measure import cold_starts, measure_model, output_cosine, public, ratios, warn_on_accuracy_loss
     from qtinker.quantize import SCHEMES, finish_folder
 
@@ -192,7 +191,7 @@ def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, be
     int8 = config.scheme == "onnx-int8"
     hf = model.config
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = fsutil.staging_folder(out)
     try:
         # --- export a fresh float copy with eager attention (the graph onnxruntime can fuse)
         eager = type(model).from_pretrained(source, attn_implementation="eager", use_safetensors=True).eval()

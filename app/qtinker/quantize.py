@@ -17,14 +17,13 @@ import copy
 import dataclasses
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from qtinker import resume
+from qtinker import fsutil, resume
 from qtinker.config import add_arguments, from_args, option, save_config
 from qtinker.errors import QTinkerError
 from qtinker.events import Events
@@ -348,7 +347,7 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     # --- save, reload, check
     events.emit("progress", stage="save", message="saving, reloading and comparing outputs")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = fsutil.staging_folder(out)
     try:
         marker = {
             "scheme": config.scheme, "embeddings": config.embeddings,
@@ -394,6 +393,7 @@ def finish_folder(tmp: Path, out: Path, metrics: dict, config: QuantizeConfig, s
     save_config(dataclasses.replace(config, model=str(source), out=str(out)), tmp / "quantize_config.json")
     export.copy_source_records(source, tmp)
     export.write_model_card(tmp)
+    (tmp / fsutil.OWNER_FILE).unlink(missing_ok=True)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
