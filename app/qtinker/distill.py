@@ -148,7 +148,7 @@ class DistillConfig:
     overwrite: bool = option(False, "Replace an existing --out folder.")
     max_train_examples: int = option(0, "Use only the first N training examples (0: all).")
     augment: float = option(0.0, "Augmentation for small data: add this many times the training set as extra examples "
-                                 "(TinyBERT-style: about 40% of the words of a training text replaced by the teacher's own "
+                                 "(TinyBERT-style: about 4 in 10 words of a training text replaced by the teacher's own "
                                  "masked-LM predictions, or, for a teacher without an MLM head, by words from --unlabeled "
                                  "text). The teacher labels them (soft targets only). Seeded by --seed. 0: off.")
 
