@@ -143,7 +143,7 @@ def wait(job_id: str, timeout: float = 240) -> jobs.Job:
 def test_stop_then_resume_from_the_page_runs_the_same_job_to_completion(models, tmp_path):
     from qtinker.ui import live
     from qtinker.ui.data_choice import UPLOAD
-    from qtinker.ui.distill_tab import resumable, resume_latest, start, stop_latest
+    from qtinker.ui.distill_tab import resumable, resume_latest, start, stop_latest, view
 
     train = upload(tmp_path, "train.csv", labelled_csv(200))
     assert resume_latest().startswith("Nothing to resume")
@@ -168,3 +168,5 @@ def test_stop_then_resume_from_the_page_runs_the_same_job_to_completion(models, 
     assert done.status == "done", done.log_tail(20)
     assert Path(done.out, "metrics.json").exists() and not resumable(done) and not resumable(jobs.get_job(first.id))
     assert "% of the teacher's accuracy**" in live.distill_summary(done)  # the finish summary, from the real run
+    shown = view(())  # what the page's timer gets: the summary on top, the student's losses, the table
+    assert shown[0].startswith("### Finished") and len(shown[2]) > 0 and len(shown[4]) == 1 + 2

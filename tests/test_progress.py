@@ -134,3 +134,18 @@ def test_finish_summary_puts_retention_agreement_size_and_time_first(tmp_path):
         "17.5 MB on disk; best epoch 2 of 3; took 12 min 05 s.")
     job.status = "stopped"
     assert live.distill_summary(job) == ""  # only a finished run has one
+
+
+def test_teacher_fine_tuning_and_student_losses_are_plotted_apart_and_an_empty_eval_table_has_headers(tmp_path):
+    from qtinker.ui import live
+
+    job = job_with_events(tmp_path, [
+        {"type": "progress", "time": 1.0, "stage": "teacher", "step": 300, "total_steps": 300, "loss": 0.2},
+        {"type": "progress", "time": 2.0, "stage": "teacher-cache", "step": 64, "total_steps": 90},
+        {"type": "progress", "time": 3.0, "step": 1, "total_steps": 50, "loss": 1.5, "kd": 0.9, "examples_per_s": 30.0,
+         "raw": {"kd": 0.45}},
+    ])
+    student, teacher = live.loss_frame(job), live.loss_frame(job, "teacher")
+    assert student.to_dict("records") == [{"step": 1, "value": 1.5, "series": "loss"}, {"step": 1, "value": 0.9, "series": "kd"}]
+    assert teacher.to_dict("records") == [{"step": 300, "value": 0.2, "series": "loss"}]
+    assert list(live.eval_frame(job).columns) == ["epoch", "model", "accuracy", "macro_f1", "agreement"]

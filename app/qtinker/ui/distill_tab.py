@@ -209,18 +209,21 @@ def progress_text(job) -> str:
 
 
 def view(seen: tuple):
-    """Once a second (and on page load): the latest distillation's live state. seen: (signature, series drawn)."""
+    """Once a second (and on page load): the latest distillation's live state.
+    seen: (signature, (series drawn in the student's plot, in the teacher's))."""
     job = jobs.latest_job("distill")
     sig = live.signature(job)
-    last_sig, drawn = seen or (None, ())
+    last_sig, (drawn, drawn_teacher) = seen or (None, ((), ()))
     if sig == last_sig:  # nothing new on disk; while running the clocks (elapsed, ETA) still move
         head = (status_text(job), progress_text(job)) if job and job.running else (gr.skip(),) * 2
-        return (*head, *[gr.skip()] * 5, seen)
+        return (*head, *[gr.skip()] * 6, seen)
     plot, drawn = live.plot_value(live.loss_frame(job), "series", drawn)
-    return (status_text(job), progress_text(job),
-            plot, live.eval_frame(job), live.log_text(job, 8), gr.update(interactive=bool(job and job.running)),
-            gr.update(visible=resumable(job)),
-            (sig if drawn is not None else None, drawn or ()))
+    teacher_frame = live.loss_frame(job, "teacher")
+    teacher_plot, drawn_teacher = live.plot_value(teacher_frame, "series", drawn_teacher)
+    redraw = drawn is None or drawn_teacher is None
+    return (status_text(job), progress_text(job), plot, gr.update(value=teacher_plot, visible=len(teacher_frame) > 0),
+            live.eval_frame(job), live.log_text(job, 8), gr.update(interactive=bool(job and job.running)),
+            gr.update(visible=resumable(job)), (None if redraw else sig, (drawn or (), drawn_teacher or ())))
 
 
 def field_updates() -> list:
@@ -300,10 +303,12 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     status = gr.Markdown("No distillation yet.", elem_id="distill_status")
     progress = gr.Markdown(elem_id="distill_progress")
     with gr.Row():
-        loss_plot = gr.LinePlot(value=None, x="step", y="value", color="series", title="Training loss",
-                                x_title="step", y_title="loss", height=280)
-        evals = gr.Dataframe(label="Evaluation per epoch (epoch 0 = the teacher)", interactive=False, wrap=True,
-                             elem_id="distill_evals")
+        teacher_plot = gr.LinePlot(value=None, x="step", y="value", color="series", title="Teacher fine-tuning loss",
+                                   x_title="teacher step", y_title="loss", height=280, visible=False)
+        loss_plot = gr.LinePlot(value=None, x="step", y="value", color="series", title="Student training loss",
+                                x_title="student step", y_title="loss", height=280)
+        evals = gr.Dataframe(value=live.eval_frame(None), label="Evaluation per epoch (epoch 0 = the teacher)",
+                             interactive=False, wrap=True, elem_id="distill_evals")
     log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, autoscroll=True, interactive=False)
 
     pick = [teacher, student, n_layers, custom, method, teacher_epochs]
@@ -340,7 +345,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     resume_button.click(resume_latest, None, started, api_name="distill_resume")
 
     seen = gr.State(())
-    live_outputs = [status, progress, loss_plot, evals, log, stop_button, resume_button, seen]
+    live_outputs = [status, progress, loss_plot, teacher_plot, evals, log, stop_button, resume_button, seen]
     timer.tick(view, seen, live_outputs, api_visibility="private", show_progress="hidden")
     refresh = lambda: (gr.update(choices=common.model_names(quantized=False)), gr.update(choices=student_choices()))  # noqa: E731
     demo.load(refresh, None, [teacher, student], api_visibility="private")

@@ -212,17 +212,16 @@ def download_progress(p: dict, now: float | None = None) -> str:
     return text
 
 
-def loss_frame(job: Job | None) -> pd.DataFrame:
-    """Long format for gr.LinePlot: one row per (step, series): the total loss and each of its terms."""
+def loss_frame(job: Job | None, stage: str = "train") -> pd.DataFrame:
+    """Long format for gr.LinePlot: one row per (step, series): the total loss and each of its terms, of one
+    stage ("train": the student; "teacher": the teacher's fine-tuning, whose steps are another axis)."""
     rows = []
     for e in job.events() if job else []:
-        if e.get("type") != "progress" or "step" not in e:
+        if e.get("type") != "progress" or "step" not in e or (e.get("stage") or "train") != stage:
             continue
         for key, value in e.items():
             if key not in NOT_LOSSES and isinstance(value, (int, float)) and not isinstance(value, bool):
-                stage = e.get("stage")
-                series = f"{stage} {key}" if stage and stage != "train" else key  # e.g. the teacher's fine-tuning
-                rows.append({"step": int(e["step"]), "value": float(value), "series": series})
+                rows.append({"step": int(e["step"]), "value": float(value), "series": key})
     # typed even when empty: the plot decides quantitative vs nominal axes from the dtypes
     return pd.DataFrame(rows, columns=LOSS_COLUMNS).astype({"step": "int64", "value": "float64", "series": "string"})
 
@@ -242,14 +241,17 @@ def plot_value(frame: pd.DataFrame, column: str, drawn: tuple) -> tuple[pd.DataF
     return frame, categories
 
 
+EVAL_COLUMNS = ["epoch", "model", "accuracy", "macro_f1", "agreement"]
+
+
 def eval_frame(job: Job | None) -> pd.DataFrame:
-    """One row per eval event (per epoch): its numeric metrics."""
+    """One row per eval event (per epoch): its numeric metrics (no rows yet: the usual headers)."""
     rows = []
     for e in job.events() if job else []:
         if e.get("type") == "eval":
             row = {k: v for k, v in e.items() if k not in ("type", "time") and isinstance(v, (int, float, str))}
             rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=EVAL_COLUMNS)
 
 
 def warnings_markdown(job: Job | None) -> str:
