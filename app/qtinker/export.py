@@ -17,6 +17,7 @@ Nothing here executes code from a model folder: safetensors and JSON only, no pi
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import shutil
@@ -383,6 +384,12 @@ def export_zip(model_dir: str | Path, zip_path: str | Path | None = None, overwr
             for info in zf.infolist():  # read by anyone who unzips it, whatever the modes here (writestr's is 0600)
                 info.external_attr = (stat.S_IFREG | 0o644) << 16  # kept in the central directory, written on close
         os.replace(tmp, zip_path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the partial zip goes; a previous zip_path is untouched
+            free = shutil.disk_usage(zip_path.parent).free / 2**20
+            raise QTinkerError(f"{zip_path}: the disk is full ({free:.0f} MB free) while writing the zip; free some "
+                               f"space or choose another --zip, then export again") from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -9,7 +9,7 @@ import gradio as gr
 from qtinker import paths
 from qtinker.ui import common, distill_tab, jobs_tab, models_tab, quantize_tab, security
 
-MAX_UPLOAD = "200mb"
+MAX_UPLOAD = "2gb"  # model zips; data files are capped at 200 MB by their handlers (ui.common)
 
 
 def build_app() -> gr.Blocks:
