@@ -29,7 +29,7 @@ def start_args(**changes) -> dict:
     args = dict(teacher="bare", student=FROM_TEACHER, n_layers=1, custom="", choice=SAMPLE, upload=None, method="logit",
                 temperature=2.0, alpha=0.5, beta=100.0, layer_map="auto", hidden_weight=1.0, attention_weight=1.0,
                 embedding_weight=1.0, epochs=1, batch_size=8, lr=1e-3, max_length=32, out_name="", gpus=1,
-                teacher_epochs=3)
+                teacher_epochs=3, eval_upload=None, text_column="", label_column="")
     return {**args, **changes}
 
 
@@ -55,19 +55,25 @@ def test_the_verdict_says_beforehand_that_and_how_long_the_teacher_is_fine_tuned
     assert "--" not in said + refused + headed  # the page's words, not CLI flags
 
 
-def test_start_passes_the_teacher_epochs_and_refuses_0_for_a_teacher_without_head(models, tmp_path):
+def test_start_passes_the_teacher_epochs_refuses_0_for_a_bare_teacher_and_reopening_restores_the_form(models, tmp_path):
     from qtinker import paths
-    from qtinker.ui.distill_tab import start
+    from qtinker.ui.distill_tab import CUSTOM, FORM_FIELDS, restore_form, start
 
     refused = start(**start_args(teacher_epochs=0))
     assert refused.startswith("**Not compatible:**") and not (paths.outputs_dir() / "data").exists()
-    started = start(**start_args(teacher_epochs=2, out_name="te"))
+    sent = start_args(teacher_epochs=2, out_name="te", student=CUSTOM, custom="1, 32, 2", method="feature", lr=5e-4)
+    started = start(**sent)
     assert started.startswith("Started job"), started
     job = jobs.latest_job("distill")
     try:
         assert job.args[job.args.index("--teacher-epochs") + 1] == "2"
+        # reopening the page mid-run: the form comes back with the running job's settings, and says so
+        *values, note = restore_form()
+        shown = {k: v["value"] for k, v in zip(FORM_FIELDS, values) if isinstance(v, dict) and "value" in v}
+        assert shown == {k: sent[k] for k in FORM_FIELDS if k not in ("n_layers",)} and f"`{job.id}`" in note
     finally:
         end(job.id)
+    assert restore_form()[-1] == ""  # nothing running: the form is left as it is
 
 
 def upload(tmp_path: Path, name: str, text: str) -> str:

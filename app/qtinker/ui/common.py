@@ -26,10 +26,12 @@ def model_names(quantized: bool | None = None) -> list[str]:
     return [m.name for m in local_models(quantized)]
 
 
-def find_model(name: str | None):
+def find_model(name: str | None, models: list | None = None):
+    """The local model called `name` (among `models`, when the caller already listed them: a listing reads
+    every model folder)."""
     if not name:
         return None
-    return next((m for m in local_models() if m.name == name), None)
+    return next((m for m in (local_models() if models is None else models) if m.name == name), None)
 
 
 def model_summary(m) -> str:

@@ -23,13 +23,22 @@ COMMON_FIELDS = ("method", "temperature", "alpha", "beta", "layer_map", "hidden_
                  "student_config")
 
 
+# the form's inputs, in the order restore_form() fills them
+FORM_FIELDS = ("teacher", "student", "n_layers", "custom", "choice", "upload", "eval_upload", "text_column",
+               "label_column", "method", "temperature", "alpha", "beta", "layer_map", "hidden_weight",
+               "attention_weight", "embedding_weight", "epochs", "batch_size", "lr", "max_length", "teacher_epochs",
+               "out_name")
+
+
 def student_choices() -> list[str]:
     return [*common.model_names(quantized=False), FROM_TEACHER, CUSTOM]
 
 
-def describe_student(teacher: str | None, student: str | None, n_layers: float | None, custom: str) -> dict | None:
+def describe_student(teacher: str | None, student: str | None, n_layers: float | None, custom: str,
+                     models: list | None = None) -> dict | None:
     """What the chosen student will be: a local model's description, or one derived from the teacher."""
-    t = common.find_model(teacher)
+    models = common.local_models() if models is None else models
+    t = common.find_model(teacher, models)
     if student == FROM_TEACHER:
         if t is None:
             return None
@@ -41,7 +50,7 @@ def describe_student(teacher: str | None, student: str | None, n_layers: float |
             return None
         return {"name": "a fresh student", "layers": numbers[0], "hidden": numbers[1], "heads": numbers[2],
                 "vocab_sha256": t.vocab_sha256, "vocab_size": t.vocab_size, "parameters": None}
-    m = common.find_model(student)
+    m = common.find_model(student, models)
     return None if m is None else {"name": m.name, "layers": m.layers, "hidden": m.hidden, "heads": m.heads,
                                    "vocab_sha256": m.vocab_sha256, "vocab_size": m.vocab_size, "parameters": m.parameters}
 
@@ -50,10 +59,11 @@ def verdict(teacher: str | None, student: str | None, n_layers: float | None, cu
             teacher_epochs: float | None = 3) -> str:
     """Compatibility of teacher and student, before Start: refusals explained, adaptations (the teacher's
     fine-tuning first, learned projections) announced."""
-    t = common.find_model(teacher)
+    models = common.local_models()  # one listing per verdict (each reads every model folder)
+    t = common.find_model(teacher, models)
     if t is None:
         return "Pick a teacher (download or import one in the Models tab)."
-    s = describe_student(teacher, student, n_layers, custom)
+    s = describe_student(teacher, student, n_layers, custom, models)
     if student == FROM_TEACHER and not 1 <= int(n_layers or 0) <= t.layers:
         return f"**Not compatible:** the teacher has {t.layers} layers: choose 1–{t.layers} layers for the student."
     if student == CUSTOM and s is None:
@@ -226,6 +236,50 @@ def view(seen: tuple):
             gr.update(visible=resumable(job)), (None if redraw else sig, (drawn or (), drawn_teacher or ())))
 
 
+FORM_FLAGS = ("--method", "--temperature", "--alpha", "--beta", "--layer-map", "--hidden-weight", "--attention-weight",
+              "--embedding-weight", "--epochs", "--batch-size", "--lr", "--max-length", "--teacher-epochs")
+
+
+def job_settings(job) -> dict | None:
+    """The form's values of a distillation job, read back from its command line (None: not a job of this form)."""
+    from qtinker.data import sample_dataset_path
+
+    if job is None or job.command != "distill" or "--teacher" not in job.args:
+        return None
+    args = dict(zip(job.args[::2], job.args[1::2]))  # the form writes FLAG VALUE pairs (a trailing --resume aside)
+    models = common.local_models()
+    by_path = {str(m.path): m.name for m in models}
+    data = args.get("--data") or args.get("--unlabeled")
+    form = {"teacher": by_path.get(args["--teacher"], args["--teacher"]),
+            "choice": SAMPLE if data == str(sample_dataset_path()) else UPLOAD,
+            "upload": None if data == str(sample_dataset_path()) else data,
+            "eval_upload": args.get("--eval-data") if data != str(sample_dataset_path()) else None,
+            "text_column": args.get("--text-column", ""), "label_column": args.get("--label-column", ""),
+            "out_name": Path(job.out).name if job.out else ""}
+    if "--student-from-teacher" in args:
+        form.update(student=FROM_TEACHER, n_layers=int(args["--student-from-teacher"]))
+    elif "--student-config" in args:
+        form.update(student=CUSTOM, custom=args["--student-config"].replace(",", ", "))
+    else:
+        form.update(student=by_path.get(args.get("--student", ""), args.get("--student", "")))
+    for flag in FORM_FLAGS:
+        if flag in args:
+            value = args[flag]
+            form[flag[2:].replace("-", "_")] = value if flag in ("--method", "--layer-map") else float(value)
+    return form
+
+
+def restore_form():
+    """On page load: while a distillation runs, the form shows that job's settings (and says so)."""
+    job = jobs.latest_job("distill")
+    form = job_settings(job) if job is not None and job.running else None
+    if form is None:
+        return (*[gr.skip()] * len(FORM_FIELDS), "")
+    note = (f"The form shows the settings of the running job `{job.id}`; change them for your next run once it "
+            "has finished.")
+    return (*[gr.update(value=form[k]) if k in form else gr.skip() for k in FORM_FIELDS], note)
+
+
 def field_updates() -> list:
     """Info text and defaults from DistillConfig (imported here, after launch: it imports torch)."""
     from qtinker.config import field_choices, field_help
@@ -257,6 +311,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
             n_layers = gr.Number(label="Student layers (from the teacher)", value=2, precision=0, minimum=1)
             custom = gr.Textbox(label="Custom student: layers, hidden, heads", value="4, 256, 4", visible=False)
             student_info = gr.Markdown()
+    form_note = gr.Markdown(elem_id="distill_form_note")
     compat = gr.Markdown(elem_id="compatibility")
     with gr.Row():
         data_choice = gr.Radio([SAMPLE, UPLOAD], value=SAMPLE, label="Training data", elem_id="distill_data_choice")
@@ -312,8 +367,9 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     log = gr.Textbox(label="Log (last lines)", lines=8, max_lines=8, autoscroll=True, interactive=False)
 
     pick = [teacher, student, n_layers, custom, method, teacher_epochs]
-    for box in pick:
-        box.change(verdict, pick, compat, api_visibility="private", show_progress="hidden")
+    for box in pick:  # never waits behind the timers' ticks; only the latest selection counts
+        box.change(verdict, pick, compat, api_visibility="private", show_progress="hidden", concurrency_limit=None,
+                   trigger_mode="always_last")
     teacher.change(model_card, teacher, teacher_info, api_visibility="private")
     for box in (teacher, student, n_layers, custom):
         box.change(model_card, [teacher, student, n_layers, custom], student_info, api_visibility="private")
@@ -354,7 +410,10 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     demo.load(gpu_choice, None, gpus, api_visibility="private")
     demo.load(data_preview, data_in, [preview, data_summary], api_visibility="private")
     demo.load(eval_preview, eval_in, eval_summary, api_visibility="private")
+    form = [teacher, student, n_layers, custom, data_choice, upload, eval_upload, text_column, label_column, method,
+            temperature, alpha, beta, layer_map, hidden_weight, attention_weight, embedding_weight, epochs, batch_size,
+            lr, max_length, teacher_epochs, out_name]
     demo.load(field_updates, None, [method, temperature, alpha, beta, layer_map, hidden_weight, attention_weight,
                                     embedding_weight, epochs, batch_size, lr, max_length, teacher_epochs, n_layers, custom],
-              api_visibility="private")
+              api_visibility="private").then(restore_form, None, [*form, form_note], api_visibility="private")
     return teacher, student
