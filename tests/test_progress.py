@@ -149,3 +149,31 @@ def test_teacher_fine_tuning_and_student_losses_are_plotted_apart_and_an_empty_e
     assert student.to_dict("records") == [{"step": 1, "value": 1.5, "series": "loss"}, {"step": 1, "value": 0.9, "series": "kd"}]
     assert teacher.to_dict("records") == [{"step": 300, "value": 0.2, "series": "loss"}]
     assert list(live.eval_frame(job).columns) == ["epoch", "model", "accuracy", "macro_f1", "agreement"]
+
+
+def test_the_page_names_no_cli_flags_in_help_warnings_or_a_failed_download(tmp_path):
+    from qtinker.config import field_help
+    from qtinker.distill import DistillConfig
+    from qtinker.jobs import Job
+    from qtinker.ui import common, live, models_tab
+    from qtinker.ui.distill_tab import COMMON_FIELDS
+
+    assert common.page_words("chosen by --student-init, or --student-layers; with --no-balance-losses, PKD's β") == (
+        "chosen by *student init*, or *student layers*; with *balance losses* off, PKD's β")
+    assert all("--" not in common.page_words(field_help(DistillConfig, name)) for name in COMMON_FIELDS)
+    job = job_with_events(tmp_path, [{"type": "warning", "time": 1.0, "message": "left in full precision: classifier "
+                                      "(task head kept in full precision (--quantize-head to change))"}])
+    assert live.warnings_markdown(job) == "- warning: left in full precision: classifier (task head kept in full precision)"
+
+    # the Downloads list: a failed download says "failed" and why, in the page's words
+    failed = Job(id="20260101-000000-download-abcd", command="download", args=[], status="failed", started=1.0,
+                 extra={"name": "bert-base-cased"})
+    from qtinker import jobs
+
+    failed._dir = jobs.jobs_dir() / failed.id
+    failed._dir.mkdir(parents=True)
+    failed.events_path.write_text(json.dumps({"type": "error", "time": 2.0, "message": "bert-base-cased: Google "
+                                  "publishes no TF checkpoint for this model; use --source hf (bert-base-cased)"}) + "\n")
+    jobs._save(failed)  # the record a finished job leaves
+    assert models_tab.downloads_markdown() == ("- **bert-base-cased** — **failed**: bert-base-cased: Google publishes no TF "
+                                               "checkpoint for this model; use the Hugging Face Hub source (bert-base-cased)")

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+PAGE_WORDS = {"--source hf": "the Hugging Face Hub source", "--source gcs": "the Cloud Storage source"}
+FLAG = re.compile(r"--(no-)?([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+FLAG_HINT = re.compile(r"\s*\(--[a-z-]+ to change\)")  # a CLI-only switch: nothing to change in the page
+
+
+def page_words(text: str) -> str:
+    """A library message (help text, warning, error) with its CLI flags in the page's words:
+    `--student-init` -> *student init*, `--no-compile` -> *compile* off, `--source hf` -> the Hugging Face Hub source."""
+    text = FLAG_HINT.sub("", text)
+    for flag, words in PAGE_WORDS.items():
+        text = text.replace(flag, words)
+    return FLAG.sub(lambda m: f"*{m.group(2).replace('-', ' ')}*" + (" off" if m.group(1) else ""), text)
 
 from qtinker.errors import QTinkerError
 

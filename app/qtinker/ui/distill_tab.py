@@ -288,7 +288,7 @@ def field_updates() -> list:
     defaults = DistillConfig()
     updates = []
     for name in COMMON_FIELDS:
-        update = {"info": field_help(DistillConfig, name)}
+        update = {"info": common.page_words(field_help(DistillConfig, name))}
         if name not in ("student_from_teacher", "student_config"):  # the UI's own starting values stay
             update["value"] = getattr(defaults, name)
         if field_choices(DistillConfig, name):

@@ -257,7 +257,9 @@ def eval_frame(job: Job | None) -> pd.DataFrame:
 def warnings_markdown(job: Job | None) -> str:
     if job is None:
         return ""
-    warnings = [e.get("message", "") for e in job.events() if e.get("type") == "warning"]
+    from qtinker.ui.common import page_words
+
+    warnings = [page_words(e.get("message", "")) for e in job.events() if e.get("type") == "warning"]
     return "\n".join(f"- warning: {w}" for w in warnings[-5:])
 
 

@@ -65,7 +65,7 @@ def downloads_markdown() -> str:
         if job.running:
             detail = live.progress_markdown(job) or "starting…"
         elif job.status.startswith("failed"):
-            detail = f"**{job.error()}**"
+            detail = f"**failed**: {common.page_words(job.error() or 'no reason recorded')}"
         else:
             detail = f"{job.status} → `{job.out}`" if job.out else job.status
         lines.append(f"- **{name}** — {detail}")
