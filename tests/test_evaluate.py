@@ -196,10 +196,14 @@ def test_cli_json_and_text(tiny_bert, tmp_path):
     folder = tiny_bert(num_labels=3)
     data = write_data(tmp_path, [0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     done = run_cli(str(folder), "--data", str(data), "--json", "--batch-size", "4", "--max-length", "16",
-                   "--events", str(tmp_path / "events.jsonl"))
+                   "--events", str(tmp_path / "events.jsonl"), "--predictions", str(tmp_path / "predictions.jsonl"))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["n"] == 10 and result["predictions"] == PINNED_PREDICTIONS
+    assert done.stdout.startswith("{\n  ") and "predictions" not in result  # a readable summary
+    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()  # the rest: one record per line
+    assert [json.loads(line)["prediction"] for line in lines] == PINNED_PREDICTIONS
+    assert json.loads(lines[0])["index"] == 0 and isinstance(json.loads(lines[0])["text"], str)
+    assert result["n"] == 10
     assert result["accuracy"] == pytest.approx(PINNED_ACCURACY)
     assert result["model"] == str(folder) and result["data"] == str(data)
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]

@@ -187,7 +187,10 @@ def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
 def configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model folder with a task head (float or quantized)")
     parser.add_argument("--data", required=True, help="labelled CSV / TSV / JSONL file to score on")
-    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument("--json", action="store_true", help="print the metrics as an indented JSON object "
+                                                            "(without the per-example predictions: see --predictions)")
+    parser.add_argument("--predictions", metavar="FILE", help="write each example's prediction to FILE as JSON lines: "
+                                                              '{"index": 0, "text": ..., "prediction": ...}')
     parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: 32)")
     parser.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens (default: 128)")
     parser.add_argument("--text-column", help="column holding the text (default: auto-detected)")
@@ -225,10 +228,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model, tokenizer = load_classifier(args.model, device=args.device)
     result = evaluate_model(model, tokenizer, data, args.batch_size, args.max_length, args.device)
     result = {"model": str(args.model), "data": str(args.data), **result}
+    summary = {k: v for k, v in result.items() if k != "predictions"}
     if events:
-        events.emit("done", result={k: v for k, v in result.items() if k != "predictions"})
+        events.emit("done", result=summary)
+    if args.predictions:
+        with open(args.predictions, "w", encoding="utf-8") as f:  # one record per line: greppable, streamable
+            for i, prediction in enumerate(result.get("predictions", [])):
+                f.write(json.dumps({"index": i, "text": data.texts[i], "prediction": prediction}) + "\n")
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(summary, indent=2))
     elif data.task == "regression":
         r = result["pearson"]
         print(f"{args.model} on {args.data} ({result['n']} examples): MSE {result['mse']:.4f}, "
