@@ -136,9 +136,12 @@ def test_browser_walkthrough(tiny_bert, tmp_path, monkeypatch, request):
             page.locator("#distill_data input[type=file]").set_input_files(str(train))
             expect(page.locator("#data_summary")).to_contain_text(f"{240 if docs else 96} examples", timeout=15_000)
             expect(page.locator("#data_summary")).to_contain_text("classification")
+            # no evaluation file: the page says where the scores will come from
+            expect(page.locator("#eval_summary")).to_contain_text("holding out 10% of the training file for evaluation")
             page.locator("#method").get_by_label("patient").check()
             training = page.locator("#distill_training")
-            training.get_by_label("epochs").fill("2" if docs else "3")
+            expect(training.get_by_label("Teacher fine-tune epochs")).to_have_value("3")
+            training.get_by_label("epochs", exact=True).fill("2" if docs else "3")
             training.get_by_label("batch size").fill("8")
             training.get_by_label("learning rate").fill("0.001")
             training.get_by_label("max tokens").fill("64")  # verses are short
