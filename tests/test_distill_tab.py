@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from qtinker import jobs
-
-FROM_TEACHER = "from the teacher: N layers"
+from qtinker.ui.compatibility import FROM_TEACHER
 
 
 @pytest.fixture
@@ -24,7 +23,7 @@ def models(tiny_bert):
 
 
 def start_args(**changes) -> dict:
-    from qtinker.ui.distill_tab import SAMPLE
+    from qtinker.ui.data_choice import SAMPLE
 
     args = dict(teacher="bare", student=FROM_TEACHER, n_layers=1, custom="", choice=SAMPLE, upload=None, method="logit",
                 temperature=2.0, alpha=0.5, beta=100.0, layer_map="auto", hidden_weight=1.0, attention_weight=1.0,
@@ -44,7 +43,7 @@ def end(job_id: str) -> jobs.Job:
 
 
 def test_the_verdict_says_beforehand_that_and_how_long_the_teacher_is_fine_tuned(models):
-    from qtinker.ui.distill_tab import verdict
+    from qtinker.ui.compatibility import verdict
 
     said = verdict("bare", FROM_TEACHER, 1, "", "logit", 2)
     assert said.startswith("**Compatible**") and "**The teacher is fine-tuned first: 2 epochs**" in said
@@ -57,7 +56,8 @@ def test_the_verdict_says_beforehand_that_and_how_long_the_teacher_is_fine_tuned
 
 def test_start_passes_the_teacher_epochs_refuses_0_for_a_bare_teacher_and_reopening_restores_the_form(models, tmp_path):
     from qtinker import paths
-    from qtinker.ui.distill_tab import CUSTOM, FORM_FIELDS, restore_form, start
+    from qtinker.ui.compatibility import CUSTOM
+    from qtinker.ui.distill_tab import FORM_FIELDS, restore_form, start
 
     refused = start(**start_args(teacher_epochs=0))
     assert refused.startswith("**Not compatible:**") and not (paths.outputs_dir() / "data").exists()
