@@ -27,4 +27,9 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=None, help="port to serve on (default: GRADIO_SERVER_PORT or the first free from 7860)")
     args = parser.parse_args()
     jobs.recover()  # jobs whose process is gone since the last run (app or machine restarted) are marked ended
-    demo.queue(default_concurrency_limit=4).launch(**launch_kwargs(port=args.port))
+    # quiet: Gradio would also print "To create a public link, set `share=True`", which this app never does;
+    # the one line launchers (Pinokio) and tests wait for is printed here, as Gradio writes it
+    _, url, _ = demo.queue(default_concurrency_limit=4).launch(**launch_kwargs(port=args.port), quiet=True,
+                                                               prevent_thread_lock=True)
+    print(f"* Running on local URL:  {url.rstrip('/')}", flush=True)
+    demo.block_thread()

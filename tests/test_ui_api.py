@@ -145,6 +145,7 @@ def test_starts_on_loopback_without_errors_and_names_every_endpoint(app, client)
 
     out = app.output()
     assert "error:" not in out.lower() and "Traceback" not in out
+    assert "share=True" not in out and "public link" not in out  # this app never makes one: no hint about it
     assert app.url.startswith("http://127.0.0.1:")
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/catalog", "/local_models", "/download", "/import_model", "/data_preview", "/compatibility",
