@@ -177,3 +177,13 @@ def test_the_page_names_no_cli_flags_in_help_warnings_or_a_failed_download(tmp_p
     jobs._save(failed)  # the record a finished job leaves
     assert models_tab.downloads_markdown() == ("- **bert-base-cased** — **failed**: bert-base-cased: Google publishes no TF "
                                                "checkpoint for this model; use the Hugging Face Hub source (bert-base-cased)")
+
+
+def test_an_upload_error_shows_the_files_own_name_not_gradios_temporary_path(tmp_path):
+    from qtinker.ui import models_tab
+
+    upload = tmp_path / "gradio" / "5e1d0c9a" / "my-model.zip"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"not a zip")
+    message = models_tab.import_local(str(upload), "", "")[0]
+    assert message.startswith("**Error:** my-model.zip") and "5e1d0c9a" not in message, message

@@ -10,6 +10,15 @@ FLAG = re.compile(r"--(no-)?([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 FLAG_HINT = re.compile(r"\s*\(--[a-z-]+ to change\)")  # a CLI-only switch: nothing to change in the page
 
 
+def upload_names(text: str, *uploads: str | None) -> str:
+    """`text` with each upload's temporary path (/tmp/gradio/<hash>/x.csv) shown as the file's own name."""
+    for path in uploads:
+        if path:
+            for shown in sorted({str(Path(path).resolve()), str(path)}, key=len, reverse=True):
+                text = text.replace(shown, Path(path).name)
+    return text
+
+
 def page_words(text: str) -> str:
     """A library message (help text, warning, error) with its CLI flags in the page's words:
     `--student-init` -> *student init*, `--no-compile` -> *compile* off, `--source hf` -> the Hugging Face Hub source."""

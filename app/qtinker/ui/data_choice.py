@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from qtinker.errors import QTinkerError
+from qtinker.ui.common import upload_names
 from qtinker.ui import common
 
 SAMPLE = "Bundled sample (KJV verses → Bible section)"
@@ -41,11 +42,7 @@ def page_message(exc: QTinkerError, *uploads: str | None) -> str:
                 else f"no {exc.role} column found")
         text = (f"{source}: {what}; columns found: {names_list(exc.columns, 30)}. "
                 f"Pick the {exc.role} column in *{PICKERS[exc.role]}* below.")
-    for path in uploads:
-        if path:
-            for shown in {str(Path(path).resolve()), str(path)}:
-                text = text.replace(shown, Path(path).name)
-    return text
+    return upload_names(text, *uploads)
 
 
 def read_data(choice: str, upload: str | None, eval_upload: str | None = None, text_column: str = "",

@@ -83,7 +83,7 @@ def import_local(upload: str | None, folder: str, name: str) -> tuple[str, pd.Da
             common.check_upload(upload, common.MODEL_ZIP_MAX, "model zip")
         path = import_model(Path(source), name=(name or "").strip() or None)
     except QTinkerError as exc:
-        return f"**Error:** {exc}", local_models_table(), catalog_table()
+        return f"**Error:** {common.upload_names(str(exc), upload)}", local_models_table(), catalog_table()
     return f"Imported into `{path}`", local_models_table(), catalog_table()
 
 
