@@ -176,3 +176,17 @@ def test_stop_then_resume_from_the_page_runs_the_same_job_to_completion(models, 
     assert "% of the teacher's accuracy**" in live.distill_summary(done)  # the finish summary, from the real run
     shown = view(())  # what the page's timer gets: the summary on top, the student's losses, the table
     assert shown[0].startswith("### Finished") and len(shown[2]) > 0 and len(shown[4]) == 1 + 2
+
+
+def test_the_plan_counts_the_teachers_fine_tuning_steps_before_start(models, tmp_path):
+    from qtinker.ui.data_choice import UPLOAD
+    from qtinker.ui.distill_tab import plan
+
+    train = upload(tmp_path, "train.csv", labelled_csv(40))  # 36 train after the 10% holdout: 5 batches of 8
+    assert plan("bare", UPLOAD, train, None, "", "", 2, 3, 8) == (
+        "Plan: **the teacher is fine-tuned first: 3 epochs × 5 steps** of 8 examples (a teacher step costs several "
+        "student steps), then the student trains 2 epochs × 5 steps.")
+    held = upload(tmp_path, "test.csv", labelled_csv(12))  # with an evaluation file the student trains on all 40
+    assert plan("headed", UPLOAD, train, held, "", "", 1, 3, 8) == "Plan: the student trains 1 epoch × 5 steps of 8 examples."
+    assert plan("bare", UPLOAD, train, held, "", "", 1, 1, 16).startswith(
+        "Plan: **the teacher is fine-tuned first: 1 epoch × 3 steps** of 16 examples")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -83,6 +84,27 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
     except QTinkerError as exc:
         return f"**Error:** {exc}"
     return f"Started job `{job.id}` on {device}: it keeps running if you close this tab. Output: `{out}`"
+
+
+def plan(teacher, choice, upload, eval_upload, text_column, label_column, epochs, teacher_epochs, batch_size) -> str:
+    """Before Start, the run's size in steps: the teacher's fine-tuning first (when it has no task head), then
+    the student's training (the same split the run makes: the holdout share is not trained on)."""
+    from qtinker.distill import DistillConfig
+
+    t = common.find_model(teacher)
+    try:
+        train, held = read_data(choice, upload, eval_upload, text_column, label_column)
+    except QTinkerError:
+        return ""  # the data's own message is shown above
+    if t is None or isinstance(train, list) or not batch_size or int(batch_size) < 1:
+        return ""
+    steps = lambda n, e: f"{int(e)} epoch{'s' * (int(e) != 1)} × {math.ceil(n / int(batch_size))} steps"  # noqa: E731
+    split = len(train) - round(len(train) * DistillConfig().holdout)
+    student = steps(len(train) if held is not None else split, epochs or 0)
+    if t.num_labels is None and int(teacher_epochs or 0) > 0:
+        return (f"Plan: **the teacher is fine-tuned first: {steps(split, teacher_epochs)}** of {int(batch_size)} "
+                f"examples (a teacher step costs several student steps), then the student trains {student}.")
+    return f"Plan: the student trains {student} of {int(batch_size)} examples."
 
 
 def gpu_choice():
@@ -269,6 +291,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         start_button = gr.Button("Start distillation", variant="primary")
         stop_button = gr.Button("Stop", variant="stop", interactive=False)
         resume_button = gr.Button("Resume", visible=False, elem_id="distill_resume")
+    plan_md = gr.Markdown(elem_id="distill_plan")
     started = gr.Markdown(elem_id="distill_started")
     gr.Markdown("### Live")
     status = gr.Markdown("No distillation yet.", elem_id="distill_status")
@@ -308,6 +331,11 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     method.change(lambda m: (gr.update(visible=m == "patient"), gr.update(visible=m == "feature"),
                              gr.update(visible=m != "logit")), method, [patient_row, feature_row, layer_map],
                   api_visibility="private")
+    plan_in = [teacher, data_choice, upload, eval_upload, *columns, epochs, teacher_epochs, batch_size]
+    for box in (teacher, data_choice, upload, eval_upload, epochs, teacher_epochs, batch_size):
+        box.change(plan, plan_in, plan_md, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+    for box in columns:
+        box.input(plan, plan_in, plan_md, api_visibility="private", show_progress="hidden")
     gr.api(verdict, api_name="compatibility")
     start_button.click(start, [teacher, student, n_layers, custom, data_choice, upload, method, temperature, alpha, beta,
                                layer_map, hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr,
