@@ -226,6 +226,24 @@ def test_cold_start_is_a_fresh_process_predicting_from_the_saved_folder(tiny_ber
         cold_start_seconds(source, "torch")
 
 
+def test_console_table_says_eager_int8_slower_than_float_needs_compile():
+    from qtinker.quantize import format_metrics
+
+    def side(size, eager_ms, **extra):
+        return {"weights_bytes": size, "weights_bytes_without_embeddings": size, "cold_start_s": {"eager": 5.0},
+                "latency": {"batch1_eager_ms": eager_ms, **extra, "seq": 128}}
+
+    metrics = {"scheme": "int8-dynamic", "device": "cpu", "threads": 2, "output_cosine": 0.999,
+               "before": side(400, 10.0, batch1_compiled_ms=8.0), "after": side(100, 30.0, batch1_compiled_ms=4.0),
+               "ratios": {"size": 0.25, "size_without_embeddings": 0.25, "speedup_batch1_eager": 0.333,
+                          "speedup_batch1_compiled": 2.0}}
+    printed = format_metrics(metrics)
+    assert "int8-dynamic eager is slower than float here: it needs torch.compile" in printed
+    assert "cold start eager (s)" in printed and "0.33x speed" in printed and "2.00x speed" in printed
+    metrics["after"]["latency"]["batch1_eager_ms"] = 9.0
+    assert "needs torch.compile" not in format_metrics(metrics)
+
+
 @pytest.mark.slow
 def test_compiled_int8_uses_the_fused_onednn_kernel(tiny_bert):
     """Under our compile_context (freezing + TorchAO's x86 patterns), Inductor's generated code calls

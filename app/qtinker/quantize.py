@@ -452,6 +452,9 @@ def format_metrics(metrics: dict) -> str:
         lines.append(f"left in full precision: {layer['name']} ({layer['reason']})")
     if metrics.get("fused_operators"):
         lines.append("fused operators: " + ", ".join(f"{k} {v}" for k, v in metrics["fused_operators"].items() if v))
+    if metrics.get("runtime", "torch") == "torch" and a["latency"].get("batch1_eager_ms", 0) > b["latency"].get("batch1_eager_ms", 1e9):
+        lines.append(f"{metrics['scheme']} eager is slower than float here: it needs torch.compile (see the compiled rows; "
+                     "the model card shows how), or choose onnx-int8")
     if metrics.get("accuracy_warning"):
         lines.append("WARNING: " + metrics["accuracy_warning"])
     return "\n".join(lines)
