@@ -343,7 +343,7 @@ def _distill(config: DistillConfig, events: Events) -> dict:
     # ---- loop
     stopped = False
     last_emit = 0.0
-    balance = LossBalance(state, config.balance_batches, config.balance_losses)
+    balance = LossBalance(state, config.balance_batches, config.balance_losses, ctx)
     first_epoch = state["epoch"]
     for epoch in range(first_epoch, config.epochs):
         stage = epoch_stage[epoch]
@@ -958,20 +958,22 @@ class LossBalance:
 
     FLOOR = 1e-3  # a term measured near 0 (e.g. copied embeddings) is scaled as if 1/1000 of the largest term
 
-    def __init__(self, state: dict, batches: int, enabled: bool):
+    def __init__(self, state: dict, batches: int, enabled: bool, ctx: distributed.Context | None = None):
         self.balance = state.setdefault("balance", {"sizes": {}, "frozen": {}})
-        self.batches, self.enabled = batches, enabled
+        self.batches, self.enabled, self.ctx = batches, enabled, ctx or distributed.Context()
         self.newly_frozen: list[str] = []
 
     def scales(self, parts: dict[str, torch.Tensor], weights: dict[str, float]) -> dict[str, float]:
         if not self.enabled:
             return {k: 1.0 for k in parts}
         sizes, frozen = self.balance["sizes"], self.balance["frozen"]
-        for k, v in parts.items():
-            if weights.get(k) and k not in frozen:
-                total_n = sizes.setdefault(k, [0.0, 0])
-                total_n[0] += abs(float(v.detach()))  # .item() syncs the GPU: only in a term's first `batches` batches
-                total_n[1] += 1
+        # .item() syncs the GPU: only in a term's first `batches` batches. Under torchrun the ranks' sizes are
+        # averaged, so every rank gets the scales one process with the whole batch would
+        measured = {k: abs(float(v.detach())) for k, v in parts.items() if weights.get(k) and k not in frozen}
+        for k, v in distributed.mean_across_ranks(measured, self.ctx).items():
+            total_n = sizes.setdefault(k, [0.0, 0])
+            total_n[0] += v
+            total_n[1] += 1
         for k, (_, n) in sizes.items():
             if k not in frozen and n >= self.batches:
                 frozen[k] = self.current()[k]
