@@ -172,7 +172,7 @@ def test_recommendation_is_the_fastest_within_half_a_point_and_never_eager_int8(
     from qtinker.formats import format_rows, recommend, recommendation_line
 
     def measured(acc, b1, b16, c1=None, c16=None):
-        lat = {"batch1_eager_ms": b1, "batch16_eager_ms": b16}
+        lat = {"batch1_eager_ms": b1, "batch1_seq32_eager_ms": b1 / 2, "batch16_eager_ms": b16}
         lat.update({"batch1_compiled_ms": c1, "batch16_compiled_ms": c16} if c1 else {})
         cold = {"eager": 5.0, **({"compiled": 30.0} if c1 else {})}
         return {"weights_bytes": 100, "accuracy": acc, "latency": lat, "cold_start_s": cold}
@@ -188,6 +188,7 @@ def test_recommendation_is_the_fastest_within_half_a_point_and_never_eager_int8(
                                            "onnx-int8", "int8-weight"]
     assert rows[2]["note"] == "needs torch.compile"
     assert [r["cold_start_s"] for r in rows[:4]] == [5.0, 30.0, 5.0, 30.0]
+    assert [r["batch1_seq32_ms"] for r in rows] == [15.0, None, 45.0, None, 4.75, 2.5]  # not compiled at seq 32 here
     assert recommend(rows)["folder"] == "out/m-onnx-int8"
     assert recommendation_line(rows) == ("Recommended for this machine: onnx-int8 (fastest within 0.5 accuracy point of "
                                          "float, 3.2x float eager at batch 1, first prediction 5.0 s after a fresh start).")

@@ -102,7 +102,7 @@ def test_cpu_schemes_shrink_reload_and_report(tiny_bert, tmp_path, eval_csv):
         assert after["weights_bytes"] < 0.35 * before["weights_bytes"]
         assert after["weights_bytes_without_embeddings"] < 0.4 * before["weights_bytes_without_embeddings"]
         assert before["n"] == after["n"] == 12 and 0 <= after["accuracy"] <= 1 and after["agreement"] >= 0.9
-        for key in ("batch1_eager_ms", "batch16_eager_ms"):
+        for key in ("batch1_eager_ms", "batch1_seq32_eager_ms", "batch16_eager_ms"):  # one short text too
             assert before["latency"][key] > 0 and after["latency"][key] > 0
         assert before["latency"]["threads"] == torch.get_num_threads() and before["latency"]["seq"] == 128
         assert metrics["skipped_layers"] == [{"name": "classifier", "kind": "linear",
@@ -274,7 +274,7 @@ def test_compiled_int8_uses_the_fused_onednn_kernel(tiny_bert):
 def test_compiled_latency_is_measured(tiny_bert, tmp_path):
     metrics = quantize(QuantizeConfig(model=str(tiny_bert(num_labels=2)), out=str(tmp_path / "q"), latency_iters=2))
     for side in ("before", "after"):
-        assert metrics[side]["latency"]["batch16_compiled_ms"] > 0
+        assert metrics[side]["latency"]["batch16_compiled_ms"] > 0 and metrics[side]["latency"]["batch1_seq32_compiled_ms"] > 0
     assert metrics["ratios"]["speedup_batch16_compiled"] > 0
 
 

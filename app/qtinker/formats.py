@@ -1,6 +1,6 @@
 """One table across formats from quantize runs on the same model and data, and the recommended format.
 
-Columns: size, accuracy, agreement with float, latency at batch 1 and 16, and cold start (seconds from a
+Columns: size, accuracy, agreement with float, latency at batch 1 (seq 128 and 32) and 16, and cold start (seconds from a
 fresh process to the first prediction from the saved folder, compiling or session creation included).
 
 Each quantize run's metrics.json holds the float model ("before") and its format ("after"), eager
@@ -32,18 +32,21 @@ def _variants(name: str, folder: str, measured: dict, runtime: str, float_eager:
     base = {"folder": folder, "size_bytes": measured.get("weights_bytes"), "accuracy": measured.get("accuracy"),
             "agreement": measured.get("agreement"), "note": ""}
     if runtime == "onnxruntime":
-        return [{**base, "format": name, "batch1_ms": lat.get("batch1_eager_ms"), "batch16_ms": lat.get("batch16_eager_ms"),
-                 "cold_start_s": cold.get("eager")}]
-    rows = [{**base, "format": f"{name} eager", "batch1_ms": lat.get("batch1_eager_ms"),
-             "batch16_ms": lat.get("batch16_eager_ms"), "cold_start_s": cold.get("eager")}]
+        return [{**base, "format": name, **_timings(lat, cold, "eager")}]
+    rows = [{**base, "format": f"{name} eager", **_timings(lat, cold, "eager")}]
     if float_eager and rows[0]["batch1_ms"] and float_eager.get("batch1_eager_ms") \
             and rows[0]["batch1_ms"] > float_eager["batch1_eager_ms"]:
         rows[0]["note"] = "needs torch.compile"  # slower than float when run eagerly: never the recommendation
     if lat.get("batch1_compiled_ms"):
-        rows.append({**base, "format": f"{name} compiled", "batch1_ms": lat.get("batch1_compiled_ms"),
-                     "batch16_ms": lat.get("batch16_compiled_ms"), "cold_start_s": cold.get("compiled"),
+        rows.append({**base, "format": f"{name} compiled", **_timings(lat, cold, "compiled"),
                      "note": "torch.compile (freezing)"})
     return rows
+
+
+def _timings(lat: dict, cold: dict, kind: str) -> dict:
+    """One variant's latencies (batch 1 at seq 128 and 32, batch 16) and cold start; ONNX's session is "eager"."""
+    return {"batch1_ms": lat.get(f"batch1_{kind}_ms"), "batch1_seq32_ms": lat.get(f"batch1_seq32_{kind}_ms"),
+            "batch16_ms": lat.get(f"batch16_{kind}_ms"), "cold_start_s": cold.get(kind)}
 
 
 def recommend(rows: list[dict], tolerance_points: float = TOLERANCE_POINTS) -> dict | None:

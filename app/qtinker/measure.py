@@ -40,8 +40,9 @@ def _tensor_bytes(tensor) -> int:
 
 
 def measure_model(model, tokenizer, data, config, device, events, label, reference=None) -> dict:
-    """Sizes, accuracy/agreement on `data` (if any), and latency at batch 1 and 16 (eager; compiled too
-    when config.compile and the model is a torch module). Emits one "eval" event."""
+    """Sizes, accuracy/agreement on `data` (if any), and latency at batch 1 (seq 128 and 32) and batch 16
+    (seq 128), eager, and compiled too when config.compile and the model is a torch module. Emits one
+    "eval" event."""
     from qtinker.latency import compile_context, compiled, measure_latency
 
     result: dict = {"weights_bytes": weights_bytes(model), "weights_bytes_without_embeddings": weights_bytes(model, False)}
@@ -58,24 +59,26 @@ def measure_model(model, tokenizer, data, config, device, events, label, referen
         else:
             events.emit("warning", message="--eval-data given but the model has no classification head; accuracy skipped")
     vocab = model.config.vocab_size
+    # (key, batch, sequence length): one short text, one full-length text, a batch of full-length texts
+    shapes = [("batch1", 1, seq), ("batch1_seq32", 1, min(32, seq)), ("batch16", 16, seq)]
     latency = {}
-    for batch in (1, 16):
+    for key, batch, length in shapes:
         events.check_stop(f"stopped while timing the {label} model")  # Stop between measurements
-        latency[f"batch{batch}_eager_ms"] = measure_latency(model, vocab, batch, seq, config.latency_iters, device=device)["ms"]
+        latency[f"{key}_eager_ms"] = measure_latency(model, vocab, batch, length, config.latency_iters, device=device)["ms"]
     if config.compile and isinstance(model, torch.nn.Module):
         with compile_context(device):
             fast = compiled(model)
-            for batch in (1, 16):
+            for key, batch, length in shapes:  # each shape compiles once (static shapes: the fastest code)
                 events.check_stop(f"stopped while timing the {label} model")
                 try:
-                    latency[f"batch{batch}_compiled_ms"] = measure_latency(fast, vocab, batch, seq, config.latency_iters,
-                                                                           device=device)["ms"]
+                    latency[f"{key}_compiled_ms"] = measure_latency(fast, vocab, batch, length, config.latency_iters,
+                                                                    device=device)["ms"]
                 except Exception as exc:  # compile needs a C++ compiler; eager figures still stand
                     events.emit("warning", message=f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
                                                    "compiled latency not measured")
                     break
         torch._dynamo.reset()
-    result["latency"] = {**latency, "seq": seq, "threads": torch.get_num_threads(), "iters": config.latency_iters}
+    result["latency"] = {**latency, "seq": seq, "short_seq": min(32, seq), "threads": torch.get_num_threads(), "iters": config.latency_iters}
     events.emit("eval", stage=label, **{k: v for k, v in result.items() if k != "predictions"})
     return result
 

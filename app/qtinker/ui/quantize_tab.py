@@ -17,7 +17,8 @@ SAMPLE = "Bundled sample test set"
 UPLOAD = "Upload a file"
 NONE = "No accuracy (size and speed only)"
 RESULT_COLUMNS = ["model", "size (MB)", "size without embeddings (MB)", "accuracy", "macro F1", "agreement with float",
-                  "latency batch 1 (ms)", "latency batch 16 (ms)", "compiled batch 1 (ms)", "compiled batch 16 (ms)",
+                  "latency batch 1 (ms)", "latency batch 1 seq 32 (ms)", "latency batch 16 (ms)", "compiled batch 1 (ms)",
+                  "compiled batch 1 seq 32 (ms)", "compiled batch 16 (ms)",
                   "cold start (s)", "compiled cold start (s)", "note"]
 
 
@@ -145,8 +146,10 @@ def _row(name: str, m: dict, before: dict | None = None, runtime: str = "torch")
     return {"model": name, "size (MB)": round(m["weights_bytes"] / 1e6, 3),
             "size without embeddings (MB)": round(m["weights_bytes_without_embeddings"] / 1e6, 3),
             "accuracy": pick("accuracy"), "macro F1": pick("macro_f1"), "agreement with float": pick("agreement"),
-            "latency batch 1 (ms)": lat.get("batch1_eager_ms"), "latency batch 16 (ms)": lat.get("batch16_eager_ms"),
-            "compiled batch 1 (ms)": lat.get("batch1_compiled_ms"), "compiled batch 16 (ms)": lat.get("batch16_compiled_ms"),
+            "latency batch 1 (ms)": lat.get("batch1_eager_ms"), "latency batch 1 seq 32 (ms)": lat.get("batch1_seq32_eager_ms"),
+            "latency batch 16 (ms)": lat.get("batch16_eager_ms"), "compiled batch 1 (ms)": lat.get("batch1_compiled_ms"),
+            "compiled batch 1 seq 32 (ms)": lat.get("batch1_seq32_compiled_ms"),
+            "compiled batch 16 (ms)": lat.get("batch16_compiled_ms"),
             "cold start (s)": cold.get("eager"), "compiled cold start (s)": cold.get("compiled"),
             "note": "needs torch.compile" if slow_eager else ""}
 
