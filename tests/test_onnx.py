@@ -168,7 +168,7 @@ def test_minilm_onnx_int8_keeps_accuracy_on_the_bundled_test_set(minilm_classifi
     assert accuracy >= metrics["before"]["accuracy"] - 0.005  # torch-free run: within 0.5 point of float
 
 
-def test_recommendation_is_the_fastest_within_half_a_point_and_never_eager_int8():
+def test_recommendation_is_the_fastest_across_shapes_within_half_a_point_and_never_eager_int8():
     from qtinker.formats import format_rows, recommend, recommendation_line
 
     def measured(acc, b1, b16, c1=None, c16=None):
@@ -191,6 +191,14 @@ def test_recommendation_is_the_fastest_within_half_a_point_and_never_eager_int8(
     assert [r["batch1_seq32_ms"] for r in rows] == [15.0, None, 45.0, None, 4.75, 2.5]  # not compiled at seq 32 here
     assert recommend(rows)["folder"] == "out/m-onnx-int8"
     assert recommendation_line(rows) == ("Recommended for this machine: onnx-int8 (fastest within 0.5 accuracy point of "
-                                         "float, 3.2x float eager at batch 1, first prediction 5.0 s after a fresh start).")
-    runs[1][1]["after"]["latency"]["batch1_eager_ms"] = 13.0  # now compiled TorchAO wins
+                                         "float, 3.0x float eager over batch 1 and batch 16, first prediction 5.0 s after a "
+                                         "fresh start).")
+    runs[1][1]["after"]["latency"]["batch1_eager_ms"] = 6.0  # ONNX faster for one text, but slower for batches:
+    runs[1][1]["after"]["latency"]["batch16_eager_ms"] = 500.0  # compiled TorchAO is faster overall
     assert recommend(format_rows(runs))["format"] == "int8-dynamic compiled"
+    # what the deploy bench measured for a 2-layer student: compiled TorchAO 6.9x at batch 1 but 1.3x at batch 16,
+    # ONNX int8 4.9x and 5.1x: ONNX is the faster format for this model
+    runs[0][1]["after"]["latency"].update(batch1_compiled_ms=30 / 6.9, batch16_compiled_ms=400 / 1.3)
+    runs[1][1]["after"]["latency"].update(batch1_eager_ms=30 / 4.9, batch1_seq32_eager_ms=15 / 4.9,
+                                          batch16_eager_ms=400 / 5.1)
+    assert recommend(format_rows(runs))["format"] == "onnx-int8"
