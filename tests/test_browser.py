@@ -133,6 +133,16 @@ def test_browser_walkthrough(tiny_bert, tmp_path, monkeypatch, request):
             expect(page.locator("#compatibility")).to_contain_text("layers → student 2", timeout=15_000)
             expect(page.locator("#device")).to_contain_text("CPU", timeout=30_000)
             page.locator("#distill_data_choice").get_by_label("Upload a file").check()
+            # a file without a label column: the preview says why, and Start refuses it leaving nothing behind
+            bad = tmp_path / "no-label.csv"
+            bad.write_text("id,text,source\n1,in the beginning,kjv\n2,and god said,kjv\n", encoding="utf-8")
+            page.locator("#distill_data input[type=file]").set_input_files(str(bad))
+            expect(page.locator("#data_summary")).to_contain_text("no-label.csv: no label column found", timeout=15_000)
+            page.get_by_role("button", name="Start distillation").click()
+            expect(page.locator("#distill_started")).to_contain_text("Pick the label column in Label column", timeout=15_000)
+            outputs = Path(os.environ["QTINKER_OUTPUTS_DIR"])
+            assert not (outputs / "data").exists() and not list(outputs.glob("*.partial")) and jobs.latest_job("distill") is None
+            page.locator("#distill_data").get_by_label("Clear").click()  # the file box empties: upload the good one
             page.locator("#distill_data input[type=file]").set_input_files(str(train))
             expect(page.locator("#data_summary")).to_contain_text(f"{240 if docs else 96} examples", timeout=15_000)
             expect(page.locator("#data_summary")).to_contain_text("classification")
@@ -161,6 +171,7 @@ def test_browser_walkthrough(tiny_bert, tmp_path, monkeypatch, request):
             page.get_by_role("tab", name="Distill").click()
             expect(page.locator("#distill_status")).to_contain_text(job.id, timeout=30_000)
             expect(page.locator("#distill_status")).to_contain_text("done", timeout=900_000 if docs else 240_000)
+            expect(page.locator("#distill_status")).to_contain_text("of the teacher's accuracy")  # the finish summary
             expect(page.locator("#distill_evals")).to_contain_text("accuracy")
             pick(page, "Teacher", teacher_name)
             page.locator("#method").get_by_label("patient").check()
