@@ -190,3 +190,14 @@ def test_the_plan_counts_the_teachers_fine_tuning_steps_before_start(models, tmp
     assert plan("headed", UPLOAD, train, held, "", "", 1, 3, 8) == "Plan: the student trains 1 epoch × 5 steps of 8 examples."
     assert plan("bare", UPLOAD, train, held, "", "", 1, 1, 16).startswith(
         "Plan: **the teacher is fine-tuned first: 1 epoch × 3 steps** of 16 examples")
+
+
+def test_column_pickers_offer_the_files_header_and_keep_a_pick_that_fits(tmp_path):
+    from qtinker.ui.data_choice import AUTO, SAMPLE, UPLOAD, column_choices
+
+    tagged = upload(tmp_path, "tagged.csv", "words,tag\ngood great,pos\nsin law,neg\n")
+    text, label = column_choices(UPLOAD, tagged)
+    assert text["choices"] == label["choices"] == [AUTO, "words", "tag"] and text["visible"] and label["value"] == ""
+    text, label = column_choices(UPLOAD, tagged, "words", "label")  # "label" is not a column of this file
+    assert text["value"] == "words" and label["value"] == ""
+    assert column_choices(SAMPLE, None)[0]["visible"] is False

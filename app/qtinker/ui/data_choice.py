@@ -104,8 +104,9 @@ def eval_preview(choice: str, upload: str | None, eval_upload: str | None, text_
             "noisy: upload a separate test file for a fairer comparison.")
 
 
-def column_choices(choice: str, upload: str | None) -> tuple[dict, dict]:
-    """The column pickers: the uploaded file's header ("detect automatically" first), shown for a table file."""
+def column_choices(choice: str, upload: str | None, text_column: str = "", label_column: str = "") -> tuple[dict, dict]:
+    """The column pickers: the uploaded file's header ("detect automatically" first), shown for a table file;
+    a pick that is a column of the new file stays (e.g. set with the file when a running job's form comes back)."""
     import gradio as gr
 
     from qtinker.data import read_rows
@@ -116,5 +117,5 @@ def column_choices(choice: str, upload: str | None) -> tuple[dict, dict]:
             columns = read_rows(common.check_upload(upload, common.DATA_UPLOAD_MAX, "data file"))[0]
         except QTinkerError:
             columns = []
-    update = dict(choices=[AUTO, *columns], value="", visible=bool(columns))
-    return gr.update(**update), gr.update(**update)
+    return tuple(gr.update(choices=[AUTO, *columns], value=picked if picked in columns else "", visible=bool(columns))
+                 for picked in (text_column, label_column))

@@ -321,7 +321,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     eval_in = [data_choice, upload, eval_upload, *columns]
     upload.change(data_preview, data_in, [preview, data_summary], api_name="data_preview")
     for box in (data_choice, upload):
-        box.change(column_choices, [data_choice, upload], columns, api_visibility="private")
+        box.change(column_choices, [data_choice, upload, *columns], columns, api_visibility="private")
         box.change(eval_preview, eval_in, eval_summary, api_visibility="private")
     data_choice.change(data_preview, data_in, [preview, data_summary], api_visibility="private")
     for box in columns:  # .input: the user's pick (not the reset when a new file comes)
