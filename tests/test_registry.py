@@ -162,3 +162,15 @@ def test_listing_sweeps_what_a_killed_import_left(tiny_bert, tmp_path):
     running = fsutil.temp_dir(models / "other")  # a live run's staging folder (this process's) stays
     assert registry.list_local_models() == []
     assert [p.name for p in models.iterdir()] == [running.name] and list(exports.iterdir()) == []
+
+
+def test_a_binary_classifier_is_described_with_its_two_labels(tiny_bert):
+    """transformers writes no id2label / num_labels for its default of 2: the head is still seen."""
+    import json
+
+    folder = tiny_bert("binary", num_labels=2)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("id2label", None), config.pop("label2id", None), config.pop("num_labels", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert registry.describe_model(folder).num_labels == 2
+    assert registry.describe_model(tiny_bert("encoder")).num_labels is None  # an MLM checkpoint has no task head

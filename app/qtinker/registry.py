@@ -123,7 +123,8 @@ def describe_model(path, kind: str | None = None, name: str | None = None) -> Lo
         intermediate=config.get("intermediate_size", config.get("hidden_dim")),
         vocab_size=config.get("vocab_size"),
         parameters=_count_parameters(path),
-        num_labels=len(config.get("id2label") or {}) or config.get("num_labels") if has_head else None,
+        # transformers leaves id2label/num_labels out of config.json at its default, 2 labels
+        num_labels=(len(config.get("id2label") or {}) or config.get("num_labels") or 2) if has_head else None,
         vocab_sha256=_vocab_sha256(path), lower_case=_lower_case(path), quantization=quantization,
         source=str(run.get("teacher") or marker.get("source") or provenance.get("url") or provenance.get("repo_id") or "local"),
     )
