@@ -203,6 +203,7 @@ def test_cli_prints_before_after_and_events(tiny_bert, tmp_path, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "weights (total)" in printed and "latency batch16_eager" in printed and "left in full precision: classifier" in printed
+    assert printed.strip().splitlines()[-1].startswith("int8-dynamic: ") and "× smaller" in printed  # the verdict last
     kinds = [json.loads(l)["type"] for l in events.read_text().splitlines()]
     assert kinds[0] == "start" and kinds[-1] == "done" and "error" not in kinds
 
@@ -290,3 +291,24 @@ def test_int4_on_cuda_quantizes_and_reloads(tiny_bert, tmp_path):
 
     with pytest.raises(QTinkerError, match="load on CUDA only"):
         load_model(out, device="cpu")
+
+
+def test_verdict_says_the_run_in_one_line_like_with_like():
+    from qtinker.formats import verdict
+
+    def side(size, accuracy, **latency):
+        return {"weights_bytes": size, "accuracy": accuracy, "latency": {**latency, "seq": 128}}
+
+    compiled = {"scheme": "int8-dynamic",
+                "before": side(400, 0.900, batch1_eager_ms=10.0, batch16_eager_ms=80.0,
+                               batch1_compiled_ms=8.0, batch16_compiled_ms=64.0),
+                "after": side(100, 0.899, batch1_eager_ms=30.0, batch16_eager_ms=200.0,
+                              batch1_compiled_ms=4.0, batch16_compiled_ms=16.0)}
+    # compiled against float compiled: geometric mean of 2x and 4x
+    assert verdict(compiled) == "int8-dynamic: 4.0× smaller, 2.8× faster under compile, -0.1 pt"
+    onnx = {"scheme": "onnx-int8", "runtime": "onnxruntime",
+            "before": side(400, 0.9, batch1_eager_ms=10.0), "after": side(100, 0.9, batch1_eager_ms=2.0)}
+    assert verdict(onnx) == "onnx-int8: 4.0× smaller, 5.0× faster, +0.0 pt"
+    eager = {"scheme": "int8-weight-only", "before": side(400, None, batch1_eager_ms=10.0),
+             "after": side(200, None, batch1_eager_ms=20.0)}
+    assert verdict(eager) == "int8-weight-only: 2.0× smaller, 2.0× slower eager"

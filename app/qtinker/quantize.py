@@ -27,6 +27,7 @@ from qtinker import fsutil, resume
 from qtinker.config import add_arguments, from_args, option, save_config
 from qtinker.errors import QTinkerError
 from qtinker.events import Events
+from qtinker.formats import verdict
 from qtinker.measure import cold_starts
 from qtinker.measure import measure_model as _measure
 from qtinker.measure import output_cosine as _output_cosine
@@ -422,6 +423,7 @@ def run_quantize(args) -> int:
     metrics = quantize(config, Events(args.events, echo=True, stop_file=args.stop_file))  # failures: cli.main
     print(format_metrics(metrics))
     print(f"saved to {Path(config.out).resolve()}  (load it with qtinker.load(...))")
+    print(verdict(metrics))  # the last line: the run in a sentence
     return 0
 
 

@@ -115,15 +115,18 @@ def finished_runs(batch: list) -> list[tuple[str, dict]]:
 
 def recommendation(batch: list) -> tuple[str, str | None]:
     """The recommendation line across the batch's formats, and the recommended folder's model name."""
-    from qtinker.formats import format_rows, recommend, recommendation_line
+    from qtinker.formats import format_rows, recommend, recommendation_line, verdict
 
-    rows = format_rows(finished_runs(batch))
+    runs = finished_runs(batch)
+    rows = format_rows(runs)
     if not rows:
         return "", None
     best = recommend(rows)
     slow = [r["format"] for r in rows if r["note"] == "needs torch.compile"]
     note = f"  \n{', '.join(slow)}: slower than float when run eagerly (**needs torch.compile**)." if slow else ""
-    return "**" + recommendation_line(rows) + "**" + note, (Path(best["folder"]).name if best and best["folder"] else None)
+    verdicts = "".join(f"{verdict(metrics)}  \n" for _, metrics in runs)  # each finished format in a sentence
+    return (verdicts + "**" + recommendation_line(rows) + "**" + note,
+            Path(best["folder"]).name if best and best["folder"] else None)
 
 
 def measured_frame(table: pd.DataFrame) -> pd.DataFrame:
