@@ -77,7 +77,8 @@ def test_logit_kd_writes_a_plain_transformers_folder(setup):
         assert key in saved
     assert saved["hyperparameters"]["kd_weight"] == 0.5 and saved["hyperparameters"]["t_squared"] is True
     assert json.loads((out / "run_config.json").read_text())["method"] == "logit"
-    assert "Retention" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "Retention" in card and "from **teacher**" in card and str(tmp) not in card  # by name, not a local path
     assert not (tmp / "out.partial").exists()
     assert metrics["student_parameters"] < metrics["teacher_parameters"]
     events = read_events(tmp / "ev.jsonl")

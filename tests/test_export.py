@@ -51,18 +51,26 @@ def test_float_folder_loads_like_transformers(tiny_bert):
 
 def test_quantized_zip_card_snippet_runs(tiny_bert, tmp_path):
     source = tiny_bert(name="student", num_labels=2)
-    (source / "run_config.json").write_text(json.dumps({"teacher": "bert-base-uncased", "student_config": "2,32,2",
-                                                        "method": "logit"}))
-    (source / "metrics.json").write_text(json.dumps({"method": "logit", "student_metrics": {"accuracy": 0.75}}))
+    (source / "run_config.json").write_text(json.dumps({"teacher": str(tmp_path / "models" / "bert-mini"), "student_config": "2,32,2",
+                                                        "method": "logit", "data": str(tmp_path / "data" / "train.csv")}))
+    (source / "metrics.json").write_text(json.dumps({"method": "logit", "teacher_metrics": {"accuracy": 0.8},
+                                                     "student_metrics": {"accuracy": 0.75}, "retention": 0.9375}))
     out = tmp_path / "outputs" / "student-int8"
-    quantize(QuantizeConfig(model=str(source), out=str(out), compile=False, latency_iters=1))
+    metrics = quantize(QuantizeConfig(model=str(source), out=str(out), compile=False, latency_iters=1))
     card = (out / "README.md").read_text()
     assert "AutoModelForSequenceClassification.from_pretrained(folder)" in card  # plain transformers, first
     assert "torch._inductor.config.freezing = True" in card
-    for text in ("teacher: `bert-base-uncased`", "method: `logit`", "scheme: `int8-dynamic`",
-                 "| student_metrics.accuracy | 0.75 |", "| ratios.size |", "| after.latency.batch16_eager_ms |",
+    # names, not local paths; a results table people read (no raw metrics dump)
+    assert str(tmp_path) not in card
+    size = metrics["before"]["weights_bytes"] / metrics["after"]["weights_bytes"]
+    for text in ("teacher: `bert-mini`", "data: `train.csv`", "method: `logit`", "scheme: `int8-dynamic`",
+                 "| accuracy | 0.8000 | 0.7500 |", "Retention (student / teacher) **0.9375**",
+                 "| quantization | float | int8-dynamic | change |", f"{size:.1f}× smaller |",
+                 "| latency batch 16, seq 128 (eager) |", f"**int8-dynamic: {size:.1f}× smaller, ",
+                 "every figure is in `metrics.json` and `source_metrics.json`",
                  "left in full precision: classifier", "torchao 0.18"):
         assert text in card, text
+    assert "after.latency" not in card and "ratios.size" not in card
     zip_path = export_zip(out, tmp_path / "student.zip")
     names = unzip(zip_path, tmp_path / "unzipped")
     assert {"student-int8/README.md", "student-int8/model.safetensors", "student-int8/quantization.json",

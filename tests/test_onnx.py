@@ -72,6 +72,8 @@ def test_onnx_folder_runs_without_torch_and_matches_float(tiny_bert, tmp_path, e
     card = (out / "README.md").read_text()
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
     assert "import onnxruntime" in snippet and "torch" not in snippet
+    assert f"| quantization | float | {scheme} | change |" in card and "| accuracy |" in card  # a table, not a dump
+    assert f"**{scheme}: " in card and "(onnxruntime) |" in card and str(tmp_path) not in card
     printed = run_without_torch(snippet, out).splitlines()
     reference = float_logits(source, ["an example sentence"])
     shown = torch.tensor(json.loads(printed[0]))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from qtinker.errors import QTinkerError
 from qtinker.fsutil import temp_file
+from qtinker.modelcard import display_name, file_name, results_lines
 
 QUANTIZED_WEIGHTS = "quantized_model.safetensors"
 MARKER = "quantization.json"
@@ -241,9 +242,11 @@ def render_model_card(folder: Path) -> str:
                   "# registers the x86 int8 fusions", "torch._inductor.config.freezing = True",
                   "model = torch.compile(model)  # the first call per input shape compiles (tens of seconds)", "```", ""]
     lines += ["With QTinker installed: `model, tokenizer = qtinker.load(folder)`.", "", "## Model", ""]
-    for key in ("teacher", "student", "student_from_teacher", "student_config", "method", "temperature", "alpha", "data"):
-        if run.get(key) not in (None, "", []):
-            lines.append(f"- {key.replace('_', ' ')}: `{run[key]}`")
+    for key in ("teacher", "student", "student_from_teacher", "student_config", "method", "temperature", "alpha", "data",
+                "eval_data"):
+        if run.get(key) not in (None, "", []):  # by name: a card travels, local paths do not
+            value = file_name(run[key]) if key in ("data", "eval_data") else display_name(run[key])
+            lines.append(f"- {key.replace('_', ' ')}: `{value}`")
     labels = config.get("id2label") or {}
     if labels and config.get("architectures", [""])[0].endswith("ForSequenceClassification"):
         lines.append(f"- labels: {', '.join(str(labels[k]) for k in sorted(labels, key=int))}")
@@ -264,13 +267,9 @@ def render_model_card(folder: Path) -> str:
         lines.append(f"- left in full precision: {', '.join(s['name'] + ' (' + s['reason'] + ')' for s in skipped) or 'none'}")
     else:
         lines.append("None: float weights.")
-    metric_files = sorted(folder.glob("*metrics.json"))
-    if metric_files:
-        lines += ["", "## Metrics", ""]
-    for path in metric_files:
-        lines += [f"`{path.name}`:", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in _flatten(read_json(path))]
-        lines.append("")
+    results = results_lines(folder)
+    if results:
+        lines += ["", "## Results", "", *results, ""]
     return "\n".join(lines)
 
 
@@ -328,16 +327,6 @@ logits = session.run(["logits"], {k: v for k, v in inputs.items() if k in names}
 print(logits.tolist())
 labels = config.get("id2label") or {}
 print([labels.get(str(i), f"LABEL_{i}") for i in logits.argmax(-1)])"""
-
-
-def _flatten(value, prefix=""):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _flatten(v, f"{prefix}{k}.")
-    elif isinstance(value, list) and value and isinstance(value[0], (int, float)) and len(value) > 12:
-        yield prefix[:-1], f"[{len(value)} values]"
-    else:
-        yield prefix[:-1], json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
 
 
 def write_model_card(model_dir: str | Path) -> Path:
