@@ -174,3 +174,28 @@ def test_a_binary_classifier_is_described_with_its_two_labels(tiny_bert):
     (folder / "config.json").write_text(json.dumps(config))
     assert registry.describe_model(folder).num_labels == 2
     assert registry.describe_model(tiny_bert("encoder")).num_labels is None  # an MLM checkpoint has no task head
+
+
+def test_a_generic_folder_or_zip_name_gives_way_to_the_config_or_the_folder_above(tiny_bert, tmp_path):
+    # a folder called "model" inside a meaningful one: named after that one
+    source = tiny_bert("sst2-mini/model")
+    assert registry.import_model(source) == tmp_path / "models" / "sst2-mini"
+    # the Hub cache's snapshot hash: models--org--name two folders above
+    snapshot = tiny_bert("models--acme--bert-tiny-news/snapshots/" + "a1b2c3d4e5f6" * 3)
+    assert registry.import_model(snapshot).name == "bert-tiny-news"
+    # a checkpoint folder whose config says where it came from (the last part of _name_or_path)
+    ckpt = tiny_bert("runs/checkpoint-500")
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "_name_or_path": "google/bert_uncased_L-2_H-128_A-2"}))
+    assert registry.import_model(ckpt).name == "bert_uncased_L-2_H-128_A-2"
+    # model.zip holding outputs/ with a config naming a local path that is itself generic: the zip's folder is
+    # generic too, so the zip keeps its own name rather than the upload's temporary folder
+    inner = tiny_bert("zipped/outputs")
+    (inner / "config.json").write_text(json.dumps({**config, "_name_or_path": "/home/me/final"}))
+    archive = shutil.make_archive(str(tmp_path / "upload-7f3a9c2e11d4b5a6" / "model"), "zip", root_dir=tmp_path / "zipped",
+                                  base_dir="outputs")
+    assert registry.import_model(archive).name == "model"
+    named = tiny_bert("zipped2/distilbert-news")
+    archive = shutil.make_archive(str(tmp_path / "export"), "zip", root_dir=tmp_path / "zipped2", base_dir="distilbert-news")
+    assert registry.import_model(archive).name == "distilbert-news"  # the zip's folder inside
+    assert registry.import_model(tiny_bert("x/model"), name="mine").name == "mine"  # a given name always wins

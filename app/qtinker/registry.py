@@ -13,7 +13,9 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +203,58 @@ def model_files(root: Path, what: str) -> list[Path]:
     return chosen
 
 
+# Folder names that say nothing about the model (training scripts' and the Hub cache's): an import named after
+# them would make every later default name "model-…"
+GENERIC_NAMES = {"model", "models", "checkpoint", "checkpoints", "ckpt", "output", "outputs", "out", "final", "best",
+                 "last", "latest", "export", "exports", "exported", "tmp", "temp", "snapshot", "snapshots", "main",
+                 "saved_model", "saved", "weights", "hf", "huggingface", "download", "downloads", "pytorch", "result",
+                 "results", "files", "upload", "uploads", "archive", "new", "."}
+GENERIC_PATTERN = re.compile(r"(checkpoint|ckpt|step|epoch|global_step|run)[-_]?\d+|[0-9a-f]{12,}|\.?qtinker-tmp-.*",
+                             re.IGNORECASE)
+
+
+def is_generic_name(name: str) -> bool:
+    return name.lower() in GENERIC_NAMES or bool(GENERIC_PATTERN.fullmatch(name)) or not name.strip("._- ")
+
+
+def import_name(path: Path) -> str:
+    """The default name of an imported folder or zip: its own name, unless that is generic (model, checkpoint,
+    output, a snapshot hash…); then the config's _name_or_path (last part) when meaningful, else the nearest
+    meaningful folder: a zip's folder inside, or for a folder one of the three above it (the Hub cache's
+    models--org--name); else its own name."""
+    own = path.stem if path.is_file() else path.resolve().name
+    if not is_generic_name(own):
+        return own
+    config, inner = _peek_config(path)
+    candidates = [re.split(r"[\\/]", str(config.get("_name_or_path") or "").rstrip("\\/"))[-1]]
+    # a folder: up to three folders above (the Hub cache's models--org--name/snapshots/<hash>); not a zip's
+    # folder, which for an upload is the browser's temporary one
+    candidates += [inner] + ([p.name for p in path.resolve().parents][:3] if path.is_dir() else [])
+    for candidate in candidates:
+        candidate = candidate.split("--")[-1] if candidate.startswith("models--") else candidate
+        if candidate and not is_generic_name(candidate) and not any(c in candidate for c in ':\\/') and \
+                candidate.isprintable():
+            return candidate
+    return own
+
+
+def _peek_config(path: Path) -> tuple[dict, str]:
+    """(config.json, the folder holding it when inside a zip's one folder) without extracting anything; ({}, "")
+    when unreadable (the import itself then says what is wrong)."""
+    if path.is_dir():
+        return _read_json(path / "config.json"), ""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename.replace("\\", "/"): i for i in zf.infolist() if i.file_size < 1 << 20}
+            found = sorted((n for n in members if n.split("/")[-1] == "config.json" and n.count("/") <= 1), key=len)
+            if not found:
+                return {}, ""
+            config = json.loads(zf.read(members[found[0]]).decode("utf-8"))
+            return (config if isinstance(config, dict) else {}), found[0].split("/")[0] if "/" in found[0] else ""
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, ValueError):
+        return {}, ""
+
+
 def import_model(path, name=None, models_dir=None, events=None) -> Path:
     """Copy a local HF model folder or zip (or a Google TF checkpoint, converted) into the models folder.
 
@@ -211,7 +265,7 @@ def import_model(path, name=None, models_dir=None, events=None) -> Path:
     path = Path(path)
     if not path.exists():
         raise QTinkerError(f"{path}: no such file or folder; pass a model folder or a .zip of one")
-    name = safe_name(name or (path.stem if path.is_file() else path.resolve().name), "--name")
+    name = safe_name(name or import_name(path), "--name")
     dest = Path(models_dir or paths.models_dir()) / name
     if dest.exists():
         raise QTinkerError(f"{dest}: already exists; choose another --name or delete that folder")
