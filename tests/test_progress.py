@@ -187,3 +187,37 @@ def test_an_upload_error_shows_the_files_own_name_not_gradios_temporary_path(tmp
     upload.write_bytes(b"not a zip")
     message = models_tab.import_local(str(upload), "", "")[0]
     assert message.startswith("**Error:** my-model.zip") and "5e1d0c9a" not in message, message
+
+
+def test_cli_on_a_terminal_shows_tqdm_bars_and_the_same_json_events(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    run = [("progress", {"stage": "teacher", "step": 0, "total_steps": 10, "epoch": 1, "epochs": 2}),
+           ("log", {"message": "a line above the bar"}),
+           ("progress", {"stage": "teacher", "step": 5, "total_steps": 10, "epoch": 1, "epochs": 2}),
+           ("progress", {"step": 2, "total_steps": 4, "epoch": 1, "epochs": 2, "loss": 0.5}),
+           ("progress", {"stage": "measure-quantized", "message": "accuracy, then latency eager"}),
+           ("done", {"result": {}})]
+    written = {}
+    for name, stream in (("terminal", Terminal()), ("pipe", io.StringIO())):
+        monkeypatch.setattr(sys, "stderr", stream)
+        events = Events(tmp_path / f"{name}.jsonl", echo=True)
+        for kind, fields in run:
+            events.emit(kind, **fields)
+        written[name] = stream.getvalue()
+        # the JSON events do not depend on the console
+        assert [(e["type"], {k: v for k, v in e.items() if k not in ("type", "time")}) for e in read_events(
+            tmp_path / f"{name}.jsonl")] == [(kind, fields) for kind, fields in run]
+    bars = written["terminal"]
+    for text in ("fine-tuning the teacher:", "5/10", "10/10", "epoch 1/2", "a line above the bar\n", "training the student:",
+                 "2/4", "loss 0.5", "quantize:", "measure-quantized: accuracy, then latency eager", "4/4"):
+        assert text in bars, text
+    # not a terminal: one line per event, no bars
+    assert "\r" not in written["pipe"] and written["pipe"].splitlines()[0] == \
+        "[progress] stage=teacher, step=0, total_steps=10, epoch=1, epochs=2"
+    assert written["pipe"].count("\n") == len(run)

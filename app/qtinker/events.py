@@ -41,6 +41,7 @@ class Events:
         self.path = Path(path) if path else None
         self.echo = echo
         self.stop_file = Path(stop_file) if stop_file else None
+        self._console: Console | None = None  # made at the first echo: bars only when stderr is a terminal
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -53,7 +54,9 @@ class Events:
             except OSError:  # a full disk must not turn the run's one-line error into a traceback here
                 pass
         if self.echo:
-            print(_human(event), file=sys.stderr, flush=True)
+            if self._console is None:
+                self._console = Console(bars=sys.stderr.isatty())
+            self._console.show(event)
 
     def log(self, message: str) -> None:
         self.emit("log", message=message)
@@ -99,3 +102,61 @@ def _human(event: dict) -> str:
         return f"failed: {event.get('message', '')}"
     fields = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("type", "time", "result"))
     return f"[{kind}] {fields}"
+
+
+# what a bar is called for each stage that counts steps (stage None: the student's training loop)
+BAR_NAMES = {"teacher": "fine-tuning the teacher", "teacher-cache": "caching teacher outputs", None: "training the student"}
+QUANTIZE_STAGES = ("measure-float", "quantize", "measure-quantized", "save")
+
+
+class Console:
+    """The CLI's echo on stderr. On a terminal (`bars`), events that count steps (teacher fine-tuning, the
+    teacher cache, the student's training) and quantize's stages move a tqdm bar, and every other event is a
+    line printed above it (downloads keep the Hub's own bars); elsewhere (a log file, a pipe) each event is
+    one line, as before. The JSON events are the same either way."""
+
+    def __init__(self, bars: bool):
+        self.bars, self.bar, self.key = bars, None, None
+
+    def show(self, event: dict) -> None:
+        spec = _bar_spec(event) if self.bars else None
+        if spec is None:
+            if self.bar is not None and event["type"] in ("done", "error", "stopped"):
+                self.close(finished=event["type"] == "done")
+            if self.bar is not None:
+                self.bar.write(_human(event), file=sys.stderr)
+            else:
+                print(_human(event), file=sys.stderr, flush=True)
+            return
+        key, n, total, unit, postfix = spec
+        if key != self.key:
+            from tqdm import tqdm
+
+            self.close(finished=True)  # the next stage began: the last one is over (its last step is not always sent)
+            stages = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"  # a rate in stages/s says nothing
+            self.bar, self.key = tqdm(total=total, initial=n, desc=key, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                                      bar_format=stages if unit == "stage" else None), key  # initial: a resumed run
+        self.bar.total, self.bar.n = total, n  # events carry the absolute step: set, not update()
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.refresh()
+
+    def close(self, finished: bool = False) -> None:
+        if self.bar is not None:
+            if finished and self.bar.total:
+                self.bar.n = self.bar.total
+            self.bar.close()
+        self.bar, self.key = None, None
+
+
+def _bar_spec(event: dict) -> tuple[str, int, int | None, str, str] | None:
+    """(bar name, done, total, unit, postfix) for an event a bar shows, else None."""
+    if event["type"] != "progress":
+        return None
+    stage = event.get("stage")
+    if stage in QUANTIZE_STAGES:
+        return "quantize", QUANTIZE_STAGES.index(stage), len(QUANTIZE_STAGES), "stage", f"{stage}: {event.get('message', '')}"
+    if "step" in event and "total_steps" in event and stage in BAR_NAMES:
+        said = [f"epoch {event['epoch']}/{event['epochs']}" if event.get("epochs") else "",
+                f"loss {event['loss']:.4g}" if isinstance(event.get("loss"), (int, float)) else ""]
+        return BAR_NAMES[stage], int(event["step"]), int(event["total_steps"]), "step", ", ".join(x for x in said if x)
+    return None
