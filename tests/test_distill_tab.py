@@ -26,7 +26,7 @@ def start_args(**changes) -> dict:
     from qtinker.ui.data_choice import SAMPLE
 
     args = dict(teacher="bare", student=FROM_TEACHER, n_layers=1, custom="", choice=SAMPLE, upload=None, method="logit",
-                temperature=2.0, alpha=0.5, beta=100.0, layer_map="auto", hidden_weight=1.0, attention_weight=1.0,
+                temperature=2.0, alpha=0.5, beta=1.0, layer_map="auto", hidden_weight=1.0, attention_weight=1.0,
                 embedding_weight=1.0, epochs=1, batch_size=8, lr=1e-3, max_length=32, out_name="", gpus=1,
                 teacher_epochs=3, eval_upload=None, text_column="", label_column="")
     return {**args, **changes}

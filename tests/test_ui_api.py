@@ -212,7 +212,7 @@ def test_distill_quantize_export_through_the_api(client, teacher, tmp_path):
 
     data = handle_file(str(write_csv(tmp_path / "train.csv")))
     args = dict(teacher="tiny-teacher", student="from the teacher: N layers", n_layers=2, custom="", choice="Upload a file",
-                upload=data, method="patient", temperature=2, alpha=0.5, beta=100, layer_map="auto", hidden_weight=1,
+                upload=data, method="patient", temperature=2, alpha=0.5, beta=1, layer_map="auto", hidden_weight=1,
                 attention_weight=1, embedding_weight=1, epochs=2, batch_size=8, lr=1e-3, max_length=64,
                 out_name="api-student")
     started = client.predict(**args, api_name="/distill_start")
@@ -248,7 +248,7 @@ def test_stop_keeps_the_checkpoint_and_a_failure_shows_its_error(client, teacher
 
     data = handle_file(str(write_csv(tmp_path / "train.csv", n=400)))
     args = dict(teacher="tiny-teacher", student="from the teacher: N layers", n_layers=2, custom="", choice="Upload a file",
-                upload=data, method="logit", temperature=2, alpha=0.5, beta=100, layer_map="auto", hidden_weight=1,
+                upload=data, method="logit", temperature=2, alpha=0.5, beta=1, layer_map="auto", hidden_weight=1,
                 attention_weight=1, embedding_weight=1, epochs=20, batch_size=4, lr=1e-3, max_length=64, out_name="long")
     job_id = job_id_in(client.predict(**args, api_name="/distill_start"))
     deadline = time.time() + 120

@@ -270,7 +270,8 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         temperature = gr.Number(label="temperature", value=2.0)
         alpha = gr.Slider(0, 1, value=0.5, step=0.05, label="alpha (soft-target weight)")
     with gr.Row(visible=False) as patient_row:
-        beta = gr.Number(label="beta (patient weight)", value=100.0)
+        beta = gr.Number(label="beta (patient weight)", value=1.0,
+                         info="relative to the other loss terms: 1 = as large as each of them at the start")
     with gr.Row(visible=False) as feature_row:
         hidden_weight = gr.Number(label="hidden_weight", value=1.0)
         attention_weight = gr.Number(label="attention_weight", value=1.0)
