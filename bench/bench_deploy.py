@@ -10,7 +10,7 @@ folders are made by `qtinker quantize` itself (so they are what a user ships), t
   one process (a, b, c, a, b, c, ...), median over rounds of per-round medians; warm-up excluded;
 - accuracy on the bundled test split, size (weights bytes; legacy: what torch.save writes);
 - cold start: a fresh process that loads the saved folder and predicts once (compile included),
-  measured by the same code as `qtinker quantize` (qtinker.measure.cold_start_seconds).
+  measured by the same code as `qtinker quantize` (qtinker.quantize.measure.cold_start_seconds).
 Targets for the recommended format: >= 3x fp32 eager at batch 1, >= 2.5x at batch 16 (seq 128),
 <= 0.5 point lost, cold start <= 3 s, <= 26% of fp32 bytes. Time on a quiet machine only: load
 from other processes inflates PyTorch's times far more than ONNX Runtime's.
@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quantize import minilm_dir, serialized_bytes, with_head  # noqa: E402
 from qtinker.evaluate import evaluate_model  # noqa: E402
 from qtinker.export import load_model  # noqa: E402
-from qtinker.latency import compile_context, compiled, measure_latency  # noqa: E402
-from qtinker.measure import cold_start_seconds  # noqa: E402
-from qtinker.quantize import QuantizeConfig, quantize, weights_bytes  # noqa: E402
+from qtinker.quantize.latency import compile_context, compiled, measure_latency  # noqa: E402
+from qtinker.quantize.measure import cold_start_seconds  # noqa: E402
+from qtinker.quantize.recipe import QuantizeConfig, quantize, weights_bytes  # noqa: E402
 
 SHAPES = [(1, 32), (1, 128), (16, 128)]
 
@@ -53,7 +53,7 @@ def cold_start(runtime: str, folder: Path, compile_: bool, threads: int) -> floa
 
 
 def bench_model(label: str, model, tokenizer, data, work: Path, args) -> list[dict]:
-    from qtinker.onnx_export import OnnxClassifier
+    from qtinker.quantize.onnx import OnnxClassifier
 
     float_dir = work / "float"
     model.save_pretrained(float_dir)
@@ -110,7 +110,7 @@ def bench_model(label: str, model, tokenizer, data, work: Path, args) -> list[di
 
 
 def report(rows: list[dict]) -> None:
-    from qtinker.formats import TOLERANCE_POINTS
+    from qtinker.quantize.formats import TOLERANCE_POINTS
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nthreads={torch.get_num_threads()}  load average {load:.2f}  median ms per forward, warm-up excluded; "

@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
 
+from qtinker.core.events import Events  # noqa: E402
 from qtinker.data import load_labelled, sample_dataset_path, sample_eval_path, sample_unlabelled_path  # noqa: E402
 from qtinker.distill import DistillConfig, distill, fine_tune_teacher  # noqa: E402
-from qtinker.events import Events  # noqa: E402
 
 
 def first_rows(path: str, n: int, folder: str) -> str:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
 
+from qtinker.core.events import Events, read_events  # noqa: E402
 from qtinker.data import load_labelled, sample_dataset_path, sample_eval_path  # noqa: E402
-from qtinker.distributed import launch_command  # noqa: E402
-from qtinker.events import Events, read_events  # noqa: E402
+from qtinker.distill.distributed import launch_command  # noqa: E402
 
 
 def head(path: str, rows: int, into: Path) -> str:

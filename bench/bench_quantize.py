@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
 
 from qtinker.export import load_model  # noqa: E402
-from qtinker.latency import compile_context, compiled, measure_latency  # noqa: E402
-from qtinker.quantize import QuantizeConfig, apply_plan, plan_layers, weights_bytes  # noqa: E402
+from qtinker.quantize.latency import compile_context, compiled, measure_latency  # noqa: E402
+from qtinker.quantize.recipe import QuantizeConfig, apply_plan, plan_layers, weights_bytes  # noqa: E402
 
 
 def minilm_dir() -> Path:

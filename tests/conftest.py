@@ -92,7 +92,7 @@ MINILM_TRAIN_EXAMPLES, MINILM_MAX_LENGTH = 1500, 64
 @pytest.fixture(scope="session")
 def minilm_classifier(minilm_dir, tmp_path_factory) -> Path:
     """all-MiniLM-L6-v2 fine-tuned once per session on the bundled train set (first 1500 rows, 3 epochs,
-    max length 64) through qtinker.distill.fine_tune_teacher: a 6-way classifier folder."""
+    max length 64) through qtinker.distill.recipe.fine_tune_teacher: a 6-way classifier folder."""
     from qtinker.data import load_labelled, sample_dataset_path
     from qtinker.distill import fine_tune_teacher
 

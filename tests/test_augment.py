@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from qtinker import augment
-from qtinker import distill as d
+from qtinker.core.errors import QTinkerError
+from qtinker.core.events import Events, read_events
 from qtinker.distill import DistillConfig, distill
-from qtinker.errors import QTinkerError
-from qtinker.events import Events, read_events
+from qtinker.distill import augment
+from qtinker.distill import recipe as d
 from test_distill import write_data
 
 TEXTS = ["And God said, Let there be light: and there was light.", "The LORD is my shepherd; I shall not want.",

@@ -2,8 +2,8 @@ import json
 import subprocess
 import sys
 
-from qtinker.catalog import CATALOG, get_model, catalog_rows
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
+from qtinker.models.catalog import CATALOG, get_model, catalog_rows
 
 import pytest
 

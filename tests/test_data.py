@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from qtinker.data import (LabelledData, apply_label_config, batches, check_eval_labels, label_maps, load_eval, load_labelled,
-                          load_unlabelled, sample_dataset_path, sample_eval_path, sample_unlabelled_path,
-                          split_holdout)
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
+from qtinker.data.loaders import (LabelledData, apply_label_config, batches, check_eval_labels, label_maps, load_eval, load_labelled,
+                                  load_unlabelled, sample_dataset_path, sample_eval_path, sample_unlabelled_path,
+                                  split_holdout)
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:

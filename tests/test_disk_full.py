@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 
 
 def _no_space_oserror(tensors, filename, *args, **kwargs):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qtinker import distill as d
+from qtinker.core.errors import QTinkerError
+from qtinker.core.events import Events, read_events
 from qtinker.distill import DistillConfig, distill
-from qtinker.errors import QTinkerError
-from qtinker.events import Events, read_events
+from qtinker.distill import recipe as d
 
 WORDS = {"pos": ["love", "faith", "grace", "heaven", "spirit"], "neg": ["sin", "law", "king", "land", "house"]}
 

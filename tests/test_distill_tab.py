@@ -15,7 +15,7 @@ from qtinker.ui.compatibility import FROM_TEACHER
 @pytest.fixture
 def models(tiny_bert):
     """A teacher without a task head ("bare") and one with a 3-label head ("headed"), in the models folder."""
-    from qtinker.registry import import_model
+    from qtinker.models.registry import import_model
 
     import_model(tiny_bert("bare", layers=2))
     import_model(tiny_bert("headed", layers=2, num_labels=3))  # (2 labels: registry reads no head)
@@ -55,7 +55,7 @@ def test_the_verdict_says_beforehand_that_and_how_long_the_teacher_is_fine_tuned
 
 
 def test_start_passes_the_teacher_epochs_refuses_0_for_a_bare_teacher_and_reopening_restores_the_form(models, tmp_path):
-    from qtinker import paths
+    from qtinker.core import paths
     from qtinker.ui.compatibility import CUSTOM
     from qtinker.ui.distill_tab import FORM_FIELDS, restore_form, start
 
@@ -90,7 +90,7 @@ def labelled_csv(rows: int = 40) -> str:
 
 
 def test_bad_data_is_refused_at_start_with_the_previews_message_and_leaves_nothing(models, tmp_path):
-    from qtinker import paths
+    from qtinker.core import paths
     from qtinker.ui.data_choice import UPLOAD, data_preview
     from qtinker.ui.distill_tab import start
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from qtinker import distributed
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
+from qtinker.distill import distributed
 
 
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -81,7 +81,7 @@ def test_visible_gpus_is_a_list():
 
 _COLLECTIVES = r"""
 import json, os, sys, torch
-from qtinker import distributed
+from qtinker.distill import distributed
 ctx = distributed.setup("cpu")
 mean = distributed.mean_across_ranks({"loss": float(ctx.rank + 1), "acc": 0.5 * ctx.rank}, ctx)
 total = distributed.sum_across_ranks({"examples": 10.0 + ctx.rank}, ctx)
@@ -185,7 +185,7 @@ def test_two_processes_train_the_same_student_as_one(runs):
     assert metrics["processes"] == 2 and metrics["hyperparameters"]["batch_size"] == 4
     assert json.loads((tmp / "one" / "metrics.json").read_text())["processes"] == 1
     # one writer: a single "done" event, the cache size announced before it was written
-    from qtinker.events import read_events
+    from qtinker.core.events import read_events
 
     events = read_events(tmp / "two.jsonl")
     assert [e["type"] for e in events].count("done") == 1 and [e["type"] for e in events].count("start") == 1
@@ -200,7 +200,8 @@ def test_two_processes_train_the_same_student_as_one(runs):
 
 _STOP_AT = r"""
 import pathlib, sys
-from qtinker import cli, distill
+from qtinker import cli
+from qtinker.distill import recipe as distill
 stop, at = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 def hook(step):
     if step == at:
@@ -227,7 +228,7 @@ def test_stop_and_resume_under_torchrun_equal_an_uninterrupted_run(runs):
 
     resumed = torchrun(["-m", "qtinker", *args, *out[:-2], "--resume", "--events", str(tmp / "resumed.jsonl")])
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    from qtinker.events import read_events
+    from qtinker.core.events import read_events
 
     events = read_events(tmp / "resumed.jsonl")
     assert any("resumed from" in e.get("message", "") for e in events)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from local_servers import FileServer, HubServer, folder_files
-from qtinker import convert, download
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
+from qtinker.models import download
+from qtinker.models.tf1 import convert
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ZIP = (FIXTURES / "tiny_bert_L-2_H-32_A-2.zip").read_bytes()
@@ -111,7 +112,7 @@ def test_interrupted_run_leaves_no_model_and_next_run_resumes(monkeypatch, tmp_p
 
 
 def test_stop_file_stops_resumably_and_503_is_retried(tmp_path):
-    from qtinker.events import Events
+    from qtinker.core.events import Events
 
     stop = tmp_path / "stop"
     stop.touch()
@@ -259,7 +260,7 @@ def test_hub_download_prefers_safetensors_and_works_offline_from_cache(hub, monk
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from qtinker.events import Events, read_events
+    from qtinker.core.events import Events, read_events
 
     server, source = hub
     path = download.download_model("bert-tiny", source="hf", events=Events(tmp_path / "ev.jsonl", echo=False))
@@ -293,7 +294,7 @@ def test_hub_repo_with_only_pytorch_bin_is_converted_to_safetensors(hub, tmp_pat
     torch.save(model.state_dict(), buf)
     files = {k: v for k, v in folder_files(source).items() if not k.endswith(".safetensors")}
     server.repos["prajjwal1/bert-tiny"] = {**files, "pytorch_model.bin": buf.getvalue()}
-    from qtinker.catalog import get_model
+    from qtinker.models.catalog import get_model
 
     path = download.download_hub("prajjwal1/bert-tiny", tmp_path / "m" / "bin", lower_case=get_model("bert-tiny").lower_case)["files"]
     assert "model.safetensors" in path and "pytorch_model.bin" not in path

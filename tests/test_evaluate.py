@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from qtinker.core.errors import QTinkerError
 from qtinker.data import load_labelled
-from qtinker.errors import QTinkerError
 from qtinker.evaluate import (evaluate_model, label_order, load_classifier, macro_f1, model_label_names, pearson,
                               predict_logits)
 
@@ -180,9 +180,9 @@ def test_quantized_folders_load_through_export(tiny_bert, monkeypatch):
     folder = tiny_bert(num_labels=2)
     (folder / "quantization.json").write_text('{"scheme": "int8-dynamic"}')
     calls = []
-    fake = types.ModuleType("qtinker.export")
+    fake = types.ModuleType("qtinker.export.package")
     fake.load_model = lambda path, device="cpu": calls.append((Path(path), device)) or ("model", "tokenizer")
-    monkeypatch.setitem(sys.modules, "qtinker.export", fake)
+    monkeypatch.setitem(sys.modules, "qtinker.export.package", fake)
     assert load_classifier(folder) == ("model", "tokenizer")
     assert calls == [(folder, "cpu")]
 

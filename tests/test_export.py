@@ -12,8 +12,8 @@ import zipfile
 import pytest
 import torch
 
-from qtinker.errors import QTinkerError
-from qtinker.export import export_zip, load_model, render_model_card, write_model_card
+from qtinker.core.errors import QTinkerError
+from qtinker.export.package import export_zip, load_model, render_model_card, write_model_card
 from qtinker.quantize import QuantizeConfig, quantize
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from local_servers import FileServer
-from qtinker import download
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
+from qtinker.models import download
 
 ZIP = (Path(__file__).parent / "fixtures" / "tiny_bert_L-2_H-32_A-2.zip").read_bytes()
 REPO = Path(__file__).resolve().parents[1]
@@ -99,10 +99,10 @@ def test_disk_full_while_packaging_a_zip_is_one_line_and_keeps_the_previous_zip(
 
 def test_kill_9_while_quantizing_leaves_no_half_model(tiny_bert, tmp_path):
     """A kill at any point leaves either no OUT folder or a complete one; never a half model."""
-    from qtinker import export
+    from qtinker.export import package as export
 
-    from qtinker import paths
-    from qtinker.registry import list_local_models
+    from qtinker.core import paths
+    from qtinker.models.registry import list_local_models
 
     source = tiny_bert(num_labels=2)
     out = paths.outputs_dir() / "model-int8"

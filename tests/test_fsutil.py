@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from qtinker import fsutil
-from qtinker.errors import QTinkerError
+from qtinker.core import fsutil
+from qtinker.core.errors import QTinkerError
 
 
 @pytest.mark.parametrize("name", ["bert-mini", "my_model.v2", "bert-base-uncased-int8", "ÉtéModel", "con-model", "COM10"])
@@ -95,7 +95,7 @@ def test_sweep_removes_what_dead_runs_left_and_keeps_live_and_real_folders(tmp_p
 
 
 def test_a_distillation_marks_its_partial_folder_so_only_a_dead_ones_is_swept(tmp_path):
-    from qtinker.distill import DistillConfig, prepare_output
+    from qtinker.distill.recipe import DistillConfig, prepare_output
 
     out = tmp_path / "run"
     work, checkpoint = tmp_path / "run.partial", tmp_path / "run.partial" / "checkpoint" / "state.pt"

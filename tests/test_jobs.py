@@ -41,7 +41,8 @@ def wait_for_event(job, kind: str, timeout: float = 20.0) -> dict:
 
 
 def test_a_successful_run_is_done_with_its_result_events_and_log(tmp_path):
-    from qtinker import jobs, paths
+    from qtinker import jobs
+    from qtinker.core import paths
 
     job = jobs.start_job("ok", ["--steps", "3"], program=FAKE, title="three steps")
     assert job.running and job.pid
@@ -105,7 +106,7 @@ def test_a_run_that_ignores_stop_is_killed_after_the_grace_period():
 
 def test_one_job_per_device_and_the_refusal_names_the_running_job():
     from qtinker import jobs
-    from qtinker.errors import QTinkerError
+    from qtinker.core.errors import QTinkerError
 
     first = jobs.start_job("slow", [], program=FAKE, title="first run")
     try:
@@ -167,7 +168,8 @@ def test_jobs_survive_an_app_restart():
 
 
 def test_each_job_records_which_process_it_is_and_a_pid_alone_is_never_trusted():
-    from qtinker import jobs, procs
+    from qtinker import jobs
+    from qtinker.core import procs
 
     job = jobs.start_job("slow", [], program=FAKE)
     try:
@@ -184,7 +186,7 @@ def test_each_job_records_which_process_it_is_and_a_pid_alone_is_never_trusted()
 
 
 def test_process_identity_tokens():
-    from qtinker import procs
+    from qtinker.core import procs
 
     me = procs.start_token(os.getpid())
     assert me and me == procs.start_token(os.getpid())  # stable for the process's life
@@ -200,7 +202,7 @@ def test_process_identity_tokens():
 
 def _start_at(go: Path, mode: str, n: int) -> list[subprocess.Popen]:
     """n separate 'app' processes that each call start_job(mode) as soon as `go` exists."""
-    code = ("import sys, time, os; from qtinker import jobs; from qtinker.errors import QTinkerError\n"
+    code = ("import sys, time, os; from qtinker import jobs; from qtinker.core.errors import QTinkerError\n"
             f"while not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
             f"try: print('started', jobs.start_job({mode!r}, [], program={FAKE!r}).id)\n"
             "except QTinkerError as exc: print('refused', exc)\n")
@@ -259,7 +261,8 @@ def test_a_watcher_that_cannot_write_job_json_still_frees_the_slot(monkeypatch, 
 def test_a_cancelled_queued_job_never_starts():
     import threading
 
-    from qtinker import jobs, procs
+    from qtinker import jobs
+    from qtinker.core import procs
 
     for concurrent in (False, True, True, True):
         first = jobs.start_job("ok", ["--steps", "1"], program=FAKE)
@@ -318,7 +321,7 @@ def test_leftover_jobs_are_marked_at_app_start_and_their_pid_is_not_signalled():
 def _fake_run(argv: list[str]) -> int:
     import argparse
 
-    from qtinker.events import Events
+    from qtinker.core.events import Events
 
     parser = argparse.ArgumentParser()
     parser.add_argument("mode")

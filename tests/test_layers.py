@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from qtinker.errors import QTinkerError
-from qtinker.layers import (AttentionScores, HiddenProjection, LayerMatch, custom_map, describe_map, last_map, pkd_map,
-                            student_init_layers, uniform_map)
+from qtinker.core.errors import QTinkerError
+from qtinker.distill.layers import (AttentionScores, HiddenProjection, LayerMatch, custom_map, describe_map, last_map, pkd_map,
+                                    student_init_layers, uniform_map)
 
 
 def test_student_init_layers_follow_the_literature():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from qtinker import losses
+from qtinker.distill import losses
 
 
 def test_soft_kl_matches_hand_computed_value_with_t_squared():

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 from qtinker.quantize import QuantizeConfig, quantize
 from test_quantize import eval_csv  # noqa: F401  (the same 12-row labelled file)
 
@@ -99,7 +99,7 @@ def test_onnx_folder_runs_without_torch_and_matches_float(tiny_bert, tmp_path, e
 
 def test_qtinker_load_opens_an_onnx_folder(tiny_bert, tmp_path):
     import qtinker
-    from qtinker.onnx_export import OnnxClassifier
+    from qtinker.quantize.onnx import OnnxClassifier
 
     source = tiny_bert(num_labels=2)
     quantize(QuantizeConfig(model=str(source), scheme="onnx-int8", out=str(tmp_path / "o"), compile=False, latency_iters=1))
@@ -171,7 +171,7 @@ def test_minilm_onnx_int8_keeps_accuracy_on_the_bundled_test_set(minilm_classifi
 
 
 def test_recommendation_is_the_fastest_across_shapes_within_half_a_point_and_never_eager_int8():
-    from qtinker.formats import format_rows, recommend, recommendation_line
+    from qtinker.quantize.formats import format_rows, recommend, recommendation_line
 
     def measured(acc, b1, b16, c1=None, c16=None):
         lat = {"batch1_eager_ms": b1, "batch1_seq32_eager_ms": b1 / 2, "batch16_eager_ms": b16}

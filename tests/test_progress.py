@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from qtinker.errors import QTinkerError
-from qtinker.events import Events, read_events
+from qtinker.core.errors import QTinkerError
+from qtinker.core.events import Events, read_events
 
 WORDS = {"pos": "good great love grace faith heaven".split(), "neg": "sin law king land old never".split()}
 
@@ -152,7 +152,7 @@ def test_teacher_fine_tuning_and_student_losses_are_plotted_apart_and_an_empty_e
 
 
 def test_the_page_names_no_cli_flags_in_help_warnings_or_a_failed_download(tmp_path):
-    from qtinker.config import field_help
+    from qtinker.core.config import field_help
     from qtinker.distill import DistillConfig
     from qtinker.jobs import Job
     from qtinker.ui import common, live, models_tab

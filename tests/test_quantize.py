@@ -12,8 +12,8 @@ import textwrap
 import pytest
 import torch
 
-from qtinker.errors import QTinkerError
-from qtinker.quantize import QuantizeConfig, available_schemes, plan_layers, quantize
+from qtinker.core.errors import QTinkerError
+from qtinker.quantize.recipe import QuantizeConfig, available_schemes, plan_layers, quantize
 
 TEXTS = ["the king said unto them", "she was not at the house", "love and faith and grace"]
 
@@ -209,7 +209,7 @@ def test_cli_prints_before_after_and_events(tiny_bert, tmp_path, capsys):
 
 
 def test_cold_start_is_a_fresh_process_predicting_from_the_saved_folder(tiny_bert, tmp_path):
-    from qtinker.formats import format_rows
+    from qtinker.quantize.formats import format_rows
 
     out, source = tmp_path / "q", tiny_bert(num_labels=2)
     metrics = quantize(fast(model=str(source), out=str(out), cold_start=True))
@@ -220,7 +220,7 @@ def test_cold_start_is_a_fresh_process_predicting_from_the_saved_folder(tiny_ber
     rows = format_rows([(str(out), metrics)])
     assert [r["cold_start_s"] for r in rows] == [metrics["before"]["cold_start_s"]["eager"],
                                                  metrics["after"]["cold_start_s"]["eager"]]
-    from qtinker.measure import cold_start_seconds
+    from qtinker.quantize.measure import cold_start_seconds
 
     (source / "model.safetensors").unlink()
     with pytest.raises(RuntimeError, match="model.safetensors|weights"):  # the child's last error line, for the warning
@@ -228,7 +228,7 @@ def test_cold_start_is_a_fresh_process_predicting_from_the_saved_folder(tiny_ber
 
 
 def test_console_table_says_eager_int8_slower_than_float_needs_compile():
-    from qtinker.quantize import format_metrics
+    from qtinker.quantize.recipe import format_metrics
 
     def side(size, eager_ms, **extra):
         return {"weights_bytes": size, "weights_bytes_without_embeddings": size, "cold_start_s": {"eager": 5.0},
@@ -254,8 +254,8 @@ def test_compiled_int8_uses_the_fused_onednn_kernel(tiny_bert):
     from torch._inductor.utils import run_and_get_code
 
     from qtinker.export import load_model
-    from qtinker.latency import compile_context, compiled, example_inputs
-    from qtinker.quantize import apply_plan
+    from qtinker.quantize.latency import compile_context, compiled, example_inputs
+    from qtinker.quantize.recipe import apply_plan
 
     model, _ = load_model(tiny_bert(num_labels=2))
     config = QuantizeConfig(scheme="int8-dynamic")
@@ -294,7 +294,7 @@ def test_int4_on_cuda_quantizes_and_reloads(tiny_bert, tmp_path):
 
 
 def test_verdict_says_the_run_in_one_line_like_with_like():
-    from qtinker.formats import verdict
+    from qtinker.quantize.formats import verdict
 
     def side(size, accuracy, **latency):
         return {"weights_bytes": size, "accuracy": accuracy, "latency": {**latency, "seq": 128}}

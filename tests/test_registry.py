@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from qtinker import fsutil, registry
-from qtinker.errors import QTinkerError
+from qtinker.core import fsutil
+from qtinker.core.errors import QTinkerError
+from qtinker.models import registry
 from test_download import FIXTURES
 
 
@@ -148,13 +149,13 @@ def test_listing_sweeps_what_a_killed_import_left(tiny_bert, tmp_path):
     models, exports = tmp_path / "models", tmp_path / "outputs" / "exports"
     script = ("import os, sys, shutil\n"
               "from pathlib import Path\n"
-              "from qtinker.convert import staging_dir\n"
-              "from qtinker.fsutil import temp_file\n"
+              "from qtinker.models.tf1.convert import staging_dir\n"
+              "from qtinker.core.fsutil import temp_file\n"
               "temp_file(Path(sys.argv[3]) / 'victim.zip')\n"
               "with staging_dir(Path(sys.argv[2]) / 'victim') as stage:\n"
               "    shutil.copytree(sys.argv[1], stage / 'model')\n"
               "    os.kill(os.getpid(), 9)\n")
-    env = dict(os.environ, PYTHONPATH=str(Path(registry.__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(registry.__file__).parents[2]))
     done = subprocess.run([sys.executable, "-c", script, str(source), str(models), str(exports)], env=env)
     assert done.returncode == -9
     assert [p.name.startswith(".qtinker-tmp-") for p in models.iterdir()] == [True]

@@ -17,13 +17,13 @@ import pytest
 import torch
 from test_distill import setup, weights, write_data  # noqa: F401  (setup is a fixture)
 
-from qtinker import teacher_cache as tc
 from qtinker.cli import main
+from qtinker.core.errors import QTinkerError
+from qtinker.core.events import Events, Stopped, read_events
 from qtinker.data import load_labelled
 from qtinker.distill import DistillConfig, distill
-from qtinker.errors import QTinkerError
-from qtinker.events import Events, Stopped, read_events
-from qtinker.teacher_finetune import fine_tune_teacher
+from qtinker.distill import fine_tune_teacher
+from qtinker.distill import teacher_outputs as tc
 
 
 def failure_lines(err: str) -> list[str]:
@@ -112,8 +112,8 @@ def test_evaluation_and_latency_stop_between_batches(tiny_bert, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from qtinker.evaluate import evaluate_model
-    from qtinker.measure import measure_model
     from qtinker.quantize import QuantizeConfig
+    from qtinker.quantize.measure import measure_model
 
     folder = tiny_bert("t", num_labels=2)
     model, tokenizer = AutoModelForSequenceClassification.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)

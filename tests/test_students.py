@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertTokenizer
 
-from qtinker import students as st
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
+from qtinker.models import students as st
 
 
 def test_student_from_teacher_copies_the_chosen_layers(tiny_bert):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from qtinker import teacher_cache as tc
-from qtinker.errors import QTinkerError
-from qtinker.events import Events, read_events
+from qtinker.core.errors import QTinkerError
+from qtinker.core.events import Events, read_events
+from qtinker.distill import teacher_outputs as tc
 
 N = 10
 SPECS = [tc.OutputSpec("logits", (3,)), tc.OutputSpec("hidden", (2, 4), "float16")]
@@ -127,7 +127,7 @@ def test_parallel_runs_building_the_same_cache_do_not_clobber_each_other():
 
 
 def test_leftovers_of_killed_runs_are_swept_live_ones_kept():
-    from qtinker.distributed import Context
+    from qtinker.distill.distributed import Context
 
     a, b = tc._owner(Context()), tc._owner(Context())
     assert a["pid"] == b["pid"] == os.getpid() and a["token"] != b["token"]
@@ -170,7 +170,7 @@ def test_spec_validation():
 
 _TWO_RANK_SCRIPT = r"""
 import json, os, sys, torch
-from qtinker import distributed, teacher_cache as tc
+from qtinker.distill import distributed, teacher_outputs as tc
 ctx = distributed.setup("cpu")
 calls = []
 def compute(indices):

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qtinker.convert import guess_lower_case, hf_name, import_tf_checkpoint, k_tf
-from qtinker.errors import QTinkerError
-from qtinker.tfcheckpoint import TFCheckpoint
+from qtinker.core.errors import QTinkerError
+from qtinker.models.tf1.checkpoint import TFCheckpoint
+from qtinker.models.tf1.convert import guess_lower_case, hf_name, import_tf_checkpoint, k_tf
 from test_download import FIXTURES, check_outputs_match_reference
 
 
@@ -70,7 +70,7 @@ def test_import_tf_folder_matches_reference_and_lists_skipped(google_folder, tmp
 def test_cased_and_multilingual_tokenizer_settings(google_folder, tmp_path):
     from transformers import AutoTokenizer
 
-    from qtinker.convert import convert_folder
+    from qtinker.models.tf1.convert import convert_folder
 
     convert_folder(google_folder, tmp_path / "cased", lower_case=False, strip_accents=False)
     config = json.loads((tmp_path / "cased" / "tokenizer_config.json").read_text())

@@ -127,8 +127,8 @@ def client(app, tmp_path):
 @pytest.fixture
 def teacher(tiny_bert, tmp_path):
     """A tiny 4-layer teacher with a 2-class head (no fine-tuning first), imported into the models folder."""
-    from qtinker import paths
-    from qtinker.registry import import_model
+    from qtinker.core import paths
+    from qtinker.models.registry import import_model
 
     if (paths.models_dir() / "tiny-teacher").exists():  # the app (and its folders) are shared by this module
         return paths.models_dir() / "tiny-teacher"
@@ -182,7 +182,7 @@ def test_a_failed_download_is_reported_with_its_error(client):
 
 
 def test_compatibility_verdicts_before_start(client, teacher, tiny_bert):
-    from qtinker.registry import import_model
+    from qtinker.models.registry import import_model
 
     import_model(tiny_bert("narrow", layers=2, hidden=16, heads=2, intermediate=32))
     ok = client.predict("tiny-teacher", "narrow", 2, "", "feature", api_name="/compatibility")
@@ -336,7 +336,7 @@ def test_job_ids_from_outside_name_only_the_apps_own_jobs(app, client, tmp_path)
 
 def test_uploads_have_a_model_zip_cap_and_a_smaller_data_cap(tiny_bert, tmp_path, monkeypatch):
     """Gradio's one upload cap is the model zip's; data files are held to their own cap by the handlers."""
-    from qtinker.errors import QTinkerError
+    from qtinker.core.errors import QTinkerError
     from qtinker.ui import common, models_tab
 
     assert (common.MODEL_ZIP_MAX, common.DATA_UPLOAD_MAX) == (2 << 30, 200 << 20)
@@ -366,8 +366,8 @@ def test_uploads_have_a_model_zip_cap_and_a_smaller_data_cap(tiny_bert, tmp_path
 
 @pytest.mark.parametrize("out_name", [".", "..", "C:x", "a/b", "NUL"])
 def test_distill_output_name_cannot_leave_outputs(tiny_bert, out_name):
-    from qtinker import paths
-    from qtinker.registry import import_model
+    from qtinker.core import paths
+    from qtinker.models.registry import import_model
     from qtinker.ui import distill_tab
 
     import_model(tiny_bert("teacher", num_labels=3))
@@ -381,7 +381,7 @@ def test_distill_output_name_cannot_leave_outputs(tiny_bert, out_name):
 
 
 def test_custom_student_with_0_heads_is_refused_before_start(tiny_bert):
-    from qtinker.registry import import_model
+    from qtinker.models.registry import import_model
     from qtinker.ui import distill_tab
 
     import_model(tiny_bert("teacher", num_labels=3))

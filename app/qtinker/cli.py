@@ -13,19 +13,19 @@ import os
 import sys
 
 from qtinker import __version__
-from qtinker.errors import QTinkerError
-from qtinker.events import Events, Stopped
+from qtinker.core.errors import QTinkerError
+from qtinker.core.events import Events, Stopped
 
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("qtinker.catalog", "List the model catalog and which models are present locally."),
-    "download": ("qtinker.download", "Download a catalog model (Google Cloud Storage or Hugging Face Hub) or any Google-layout BERT zip."),
-    "import-tf": ("qtinker.convert", "Convert a TF1 BERT checkpoint you already have (folder or zip) into a Hugging Face folder."),
-    "import": ("qtinker.registry", "Import a local Hugging Face model folder or zip into the models folder."),
-    "distill": ("qtinker.distill", "Distill a teacher into a smaller student (logit, patient or feature KD)."),
+    "models": ("qtinker.models.catalog", "List the model catalog and which models are present locally."),
+    "download": ("qtinker.models.download", "Download a catalog model (Google Cloud Storage or Hugging Face Hub) or any Google-layout BERT zip."),
+    "import-tf": ("qtinker.models.tf1.convert", "Convert a TF1 BERT checkpoint you already have (folder or zip) into a Hugging Face folder."),
+    "import": ("qtinker.models.registry", "Import a local Hugging Face model folder or zip into the models folder."),
+    "distill": ("qtinker.distill.recipe", "Distill a teacher into a smaller student (logit, patient or feature KD)."),
     "evaluate": ("qtinker.evaluate", "Evaluate a model folder on labelled data."),
-    "quantize": ("qtinker.quantize", "Quantize a model with TorchAO (int8-dynamic, int8-weight, int4-weight) and measure before/after."),
-    "export": ("qtinker.export", "Package a model folder and its model card as a zip for download."),
+    "quantize": ("qtinker.quantize.recipe", "Quantize a model with TorchAO (int8-dynamic, int8-weight, int4-weight) and measure before/after."),
+    "export": ("qtinker.export.package", "Package a model folder and its model card as a zip for download."),
 }
 
 

@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from qtinker.data import TASKS, LabelledData, batches, load_labelled, names_list
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
+from qtinker.data.loaders import TASKS, LabelledData, batches, load_labelled, names_list
 
 
 # ---------------------------------------------------------------- labels: data -> logits
@@ -87,10 +87,10 @@ def _forward_keys(model: Any) -> set[str] | None:
 def predict_logits(model: Any, tokenizer: Any, data: LabelledData | list[str], batch_size: int = 32,
                    max_length: int = 128, device: str = "cpu", events: Any = None):
     """Logits for every example in data order, a float32 CPU tensor [n, num_logits]; no grad, eval mode.
-    With `events` (qtinker.events.Events) a stop request raises events.Stopped between batches."""
+    With `events` (qtinker.core.events.Events) a stop request raises events.Stopped between batches."""
     import torch
 
-    from qtinker.events import stoppable
+    from qtinker.core.events import stoppable
 
     keys = _forward_keys(model)
     was_training = getattr(model, "training", False)
@@ -157,13 +157,13 @@ def evaluate_model(model: Any, tokenizer: Any, data: LabelledData, batch_size: i
 # ---------------------------------------------------------------- loading a model folder
 def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) of a model folder with a task head: plain transformers for float folders
-    (safetensors only, no remote code), qtinker.export.load_model for quantized ones."""
+    (safetensors only, no remote code), qtinker.export.package.load_model for quantized ones."""
     path = Path(path)
     if not path.is_dir():
         raise QTinkerError(f"{path}: no such model folder; pass a folder holding config.json and model.safetensors "
                            "(see `qtinker models`)")
     if (path / "quantization.json").exists():
-        from qtinker.export import load_model  # the quantized twin; it owns the torchao door
+        from qtinker.export.package import load_model  # the quantized twin; it owns the torchao door
 
         return load_model(path, device=device)
     if not (path / "config.json").exists():
@@ -211,7 +211,7 @@ def _saved_num_labels(path: Path) -> int | None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from qtinker.events import Events
+    from qtinker.core.events import Events
 
     if args.batch_size < 1 or args.max_length < 2:
         raise QTinkerError(f"--batch-size {args.batch_size} / --max-length {args.max_length}: "

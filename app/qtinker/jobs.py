@@ -8,7 +8,7 @@ in its own process group, stdout + stderr going to log.txt. Everything about it 
 outputs_dir()/jobs/<id>/:
 
     job.json       command, args, slot, status, pid, started, ended, exit_code
-    events.jsonl   the run's progress events (qtinker.events)
+    events.jsonl   the run's progress events (qtinker.core.events)
     log.txt        the process's stdout and stderr
     STOP           created by stop_job(); the run stops at its next step and keeps its checkpoint
 
@@ -20,7 +20,7 @@ a time; a second start names the running one, or waits as "queued" when asked to
 
 Safety (docs/security.md): a job id from outside (the UI, its API) must match the app's own pattern
 and name a folder directly inside jobs/; the app signals a process only when it still is the one it
-launched (pid + start time recorded at launch, qtinker.procs); slot checks, launches, cancels and
+launched (pid + start time recorded at launch, qtinker.core.procs); slot checks, launches, cancels and
 job.json updates happen under one lock shared by every app process (jobs/.lock).
 """
 
@@ -37,10 +37,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qtinker import paths, procs
-from qtinker.errors import QTinkerError
-from qtinker.events import read_events
-from qtinker.filelock import FileLock
+from qtinker.core import paths, procs
+from qtinker.core.errors import QTinkerError
+from qtinker.core.events import read_events
+from qtinker.core.filelock import FileLock
 
 STOP_GRACE_S = 60.0  # a step on CPU with a large teacher can take seconds; saving the checkpoint longer
 
@@ -68,7 +68,7 @@ class Job:
     out: str | None = None  # the folder the run writes, when known
     status: str = "running"
     pid: int | None = None
-    pid_start: str | None = None  # the app's record of which process `pid` is (qtinker.procs.start_token)
+    pid_start: str | None = None  # the app's record of which process `pid` is (qtinker.core.procs.start_token)
     started: float = 0.0
     ended: float | None = None
     exit_code: int | None = None

@@ -27,7 +27,7 @@ def page_words(text: str) -> str:
         text = text.replace(flag, words)
     return FLAG.sub(lambda m: f"*{m.group(2).replace('-', ' ')}*" + (" off" if m.group(1) else ""), text)
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 
 # Gradio has one upload cap for the whole app (layout.MAX_UPLOAD), sized for model zips (a bert-base zip is
 # ~400 MB); data files get their own, smaller cap here, checked before anything reads them.
@@ -37,7 +37,7 @@ MODEL_ZIP_MAX = 2 << 30
 
 def local_models(quantized: bool | None = None) -> list:
     """The registry's local models (optionally only float or only quantized ones), newest results included."""
-    from qtinker.registry import list_local_models
+    from qtinker.models.registry import list_local_models
 
     models = [m for m in list_local_models() if not m.name.endswith(".partial")]
     if quantized is not None:
@@ -91,7 +91,7 @@ def keep_upload(path: str) -> Path:
     """Copy an uploaded data file into outputs/data/ so the run (and its saved config) keeps a stable path."""
     import shutil
 
-    from qtinker import paths
+    from qtinker.core import paths
 
     source = check_upload(path, DATA_UPLOAD_MAX, "data file")
     dest = unique_folder(paths.outputs_dir() / "data" / source.name, source.suffix)

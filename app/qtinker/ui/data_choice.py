@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from qtinker.errors import QTinkerError
-from qtinker.ui.common import upload_names
+from qtinker.core.errors import QTinkerError
 from qtinker.ui import common
+from qtinker.ui.common import upload_names
 
 SAMPLE = "Bundled sample (KJV verses → Bible section)"
 UPLOAD = "Upload a file"
@@ -19,13 +19,13 @@ PICKERS = {"text": "Text column", "label": "Label column"}
 
 
 def training_path(choice: str, upload: str | None) -> str | None:
-    from qtinker.data import sample_dataset_path
+    from qtinker.data.loaders import sample_dataset_path
 
     return str(sample_dataset_path()) if choice == SAMPLE else upload
 
 
 def eval_path(choice: str, eval_upload: str | None) -> str | None:
-    from qtinker.data import sample_eval_path
+    from qtinker.data.loaders import sample_eval_path
 
     return str(sample_eval_path()) if choice == SAMPLE else eval_upload
 
@@ -33,7 +33,7 @@ def eval_path(choice: str, eval_upload: str | None) -> str | None:
 def page_message(exc: QTinkerError, *uploads: str | None) -> str:
     """A library error as the page says it: each upload's temporary path (/tmp/gradio/<hash>/x.csv) shown as its
     own name, and a missing or ambiguous column pointing at the page's picker rather than a CLI flag."""
-    from qtinker.data import ColumnChoice, names_list
+    from qtinker.data.loaders import ColumnChoice, names_list
 
     text = str(exc)
     if isinstance(exc, ColumnChoice):
@@ -49,7 +49,7 @@ def read_data(choice: str, upload: str | None, eval_upload: str | None = None, t
               label_column: str = ""):
     """(training data, evaluation data or None): LabelledData, or a list of lines for a .txt file (no evaluation
     file then). Raises QTinkerError just as the run would."""
-    from qtinker.data import load_eval, load_labelled, load_unlabelled
+    from qtinker.data.loaders import load_eval, load_labelled, load_unlabelled
 
     path, held = training_path(choice, upload), eval_path(choice, eval_upload)
     if not path:
@@ -84,7 +84,7 @@ def eval_preview(choice: str, upload: str | None, eval_upload: str | None, text_
                  label_column: str = "") -> str:
     """Where the scores will come from: the evaluation file (checked against the training labels), or the
     share of the training file held out when there is none."""
-    from qtinker.distill import DistillConfig
+    from qtinker.distill.recipe import DistillConfig
 
     if choice == SAMPLE:
         return "Evaluation: the bundled sample's own test file."
@@ -109,7 +109,7 @@ def column_choices(choice: str, upload: str | None, text_column: str = "", label
     a pick that is a column of the new file stays (e.g. set with the file when a running job's form comes back)."""
     import gradio as gr
 
-    from qtinker.data import read_rows
+    from qtinker.data.loaders import read_rows
 
     columns: list[str] = []
     if choice == UPLOAD and upload and Path(upload).suffix.lower() != ".txt":

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from qtinker import jobs, paths
-from qtinker.errors import QTinkerError
-from qtinker.fsutil import safe_name
+from qtinker import jobs
+from qtinker.core import paths
+from qtinker.core.errors import QTinkerError
+from qtinker.core.fsutil import safe_name
 from qtinker.ui import common, live
 from qtinker.ui.compatibility import CUSTOM, FROM_TEACHER, model_card, student_choices, verdict
 from qtinker.ui.data_choice import AUTO, SAMPLE, UPLOAD, column_choices, data_preview, eval_preview, page_message, read_data
@@ -35,7 +36,7 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
           teacher_epochs=3, eval_upload=None, text_column="", label_column="") -> str:
     """Start the distillation as a background job (refused while another job holds the device); with
     gpus > 1, as one torchrun job with a process per GPU (see docs/scaling.md)."""
-    from qtinker.data import sample_dataset_path, sample_eval_path
+    from qtinker.data.loaders import sample_dataset_path, sample_eval_path
 
     check = verdict(teacher, student, n_layers, custom, method, teacher_epochs)
     if not check.startswith("**Compatible**"):
@@ -73,7 +74,7 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
     who = student if student not in (FROM_TEACHER, CUSTOM) else "student"
     gpus, program = int(gpus or 1), None
     if gpus > 1:  # one torchrun job: a process per GPU, --batch-size per process
-        from qtinker.distributed import launch_command, visible_gpus
+        from qtinker.distill.distributed import launch_command, visible_gpus
 
         if gpus > len(visible_gpus()):
             return f"**Error:** GPUs to use: {gpus}, but {len(visible_gpus())} visible; choose 1-{len(visible_gpus())}."
@@ -89,7 +90,7 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
 def plan(teacher, choice, upload, eval_upload, text_column, label_column, epochs, teacher_epochs, batch_size) -> str:
     """Before Start, the run's size in steps: the teacher's fine-tuning first (when it has no task head), then
     the student's training (the same split the run makes: the holdout share is not trained on)."""
-    from qtinker.distill import DistillConfig
+    from qtinker.distill.recipe import DistillConfig
 
     t = common.find_model(teacher)
     try:
@@ -109,7 +110,7 @@ def plan(teacher, choice, upload, eval_upload, text_column, label_column, epochs
 
 def gpu_choice():
     """"GPUs to use" is shown only when more than one GPU is visible (all of them by default)."""
-    from qtinker.distributed import visible_gpus
+    from qtinker.distill.distributed import visible_gpus
 
     n = len(visible_gpus())
     return gr.update(visible=n > 1, maximum=max(n, 2), value=max(n, 1))
@@ -125,7 +126,7 @@ def stop_latest() -> str:
 
 def resumable(job) -> bool:
     """A stopped or failed distillation that left a checkpoint (and was not resumed to the end since)."""
-    from qtinker.resume import checkpoint_left
+    from qtinker.distill.checkpoint import checkpoint_left
 
     return bool(job and job.out and job.status in ("stopped", "failed", "failed (interrupted)") and checkpoint_left(job.out))
 
@@ -180,7 +181,7 @@ FORM_FLAGS = ("--method", "--temperature", "--alpha", "--beta", "--layer-map", "
 
 def job_settings(job) -> dict | None:
     """The form's values of a distillation job, read back from its command line (None: not a job of this form)."""
-    from qtinker.data import sample_dataset_path
+    from qtinker.data.loaders import sample_dataset_path
 
     if job is None or job.command != "distill" or "--teacher" not in job.args:
         return None
@@ -220,8 +221,8 @@ def restore_form():
 
 def field_updates() -> list:
     """Info text and defaults from DistillConfig (imported here, after launch: it imports torch)."""
-    from qtinker.config import field_choices, field_help
-    from qtinker.distill import DistillConfig
+    from qtinker.core.config import field_choices, field_help
+    from qtinker.distill.recipe import DistillConfig
 
     defaults = DistillConfig()
     updates = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from qtinker.catalog import catalog_rows
+from qtinker.models.catalog import catalog_rows
 
 
 def catalog_table() -> pd.DataFrame:

@@ -6,7 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from qtinker import jobs
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 from qtinker.ui import live
 
 

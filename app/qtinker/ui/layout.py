@@ -6,7 +6,7 @@ import os
 
 import gradio as gr
 
-from qtinker import paths
+from qtinker.core import paths
 from qtinker.ui import common, distill_tab, jobs_tab, models_tab, quantize_tab, security
 
 MAX_UPLOAD = "2gb"  # model zips; data files are capped at 200 MB by their handlers (ui.common)

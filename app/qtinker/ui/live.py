@@ -77,7 +77,7 @@ def status_markdown(job: Job | None, what: str = "job") -> str:
         said = (said.get("message", "") if said else job.note or "ended before finishing").split("; continue with")[0]
         head += f"\n\nStopped on request: {said}."
     if job.command == "distill" and job.out and job.status != "done":
-        from qtinker.resume import checkpoint_left, work_folder
+        from qtinker.distill.checkpoint import checkpoint_left, work_folder
 
         if job.running:
             head += f"\n\nWriting to `{work_folder(job.out)}` (renamed to `{job.out}` when it finishes)."

@@ -7,8 +7,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from qtinker import jobs, paths
-from qtinker.errors import QTinkerError
+from qtinker import jobs
+from qtinker.core import paths
+from qtinker.core.errors import QTinkerError
 from qtinker.ui import common, live
 from qtinker.ui.handlers import catalog_table
 
@@ -17,7 +18,7 @@ LOCAL_COLUMNS = ["name", "kind", "layers/hidden/heads", "parameters", "labels", 
 
 
 def local_models_table() -> pd.DataFrame:
-    from qtinker.registry import list_local_models
+    from qtinker.models.registry import list_local_models
 
     rows = []
     for m in list_local_models():
@@ -73,7 +74,7 @@ def downloads_markdown() -> str:
 
 
 def import_local(upload: str | None, folder: str, name: str) -> tuple[str, pd.DataFrame, pd.DataFrame]:
-    from qtinker.registry import import_model
+    from qtinker.models.registry import import_model
 
     source = upload or (folder or "").strip()
     if not source:
@@ -99,7 +100,7 @@ def _tick(seen: tuple):
 
 
 def build(timer: gr.Timer) -> None:
-    from qtinker.catalog import CATALOG
+    from qtinker.models.catalog import CATALOG
 
     gr.Markdown("Download a **teacher** (a big model) and a **student** (a small one), or import a model you already "
                 "have. Downloads run in the background and keep going if you close this tab.")

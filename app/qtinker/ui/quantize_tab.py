@@ -9,8 +9,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from qtinker import jobs, paths
-from qtinker.errors import QTinkerError
+from qtinker import jobs
+from qtinker.core import paths
+from qtinker.core.errors import QTinkerError
 from qtinker.ui import common, live
 
 SAMPLE = "Bundled sample test set"
@@ -23,8 +24,8 @@ RESULT_COLUMNS = ["model", "size (MB)", "size without embeddings (MB)", "accurac
 
 
 def schemes_state() -> tuple:
-    """(runnable schemes, schemes that cannot run here shown disabled with the reason) from qtinker.quantize."""
-    from qtinker.quantize import SCHEMES, available_schemes
+    """(runnable schemes, schemes that cannot run here shown disabled with the reason) from qtinker.quantize.recipe."""
+    from qtinker.quantize.recipe import SCHEMES, available_schemes
 
     available = available_schemes()
     ok = [(f"{s} — {SCHEMES[s].split('.')[0]}", s) for s, reason in available.items() if reason is None]
@@ -35,8 +36,8 @@ def schemes_state() -> tuple:
 
 
 def config_info() -> tuple:
-    from qtinker.config import field_help
-    from qtinker.quantize import QuantizeConfig
+    from qtinker.core.config import field_help
+    from qtinker.quantize.recipe import QuantizeConfig
 
     return (gr.update(info=field_help(QuantizeConfig, "compile")), gr.update(info=field_help(QuantizeConfig, "embeddings")),
             gr.update(info=field_help(QuantizeConfig, "cold_start")))
@@ -45,14 +46,14 @@ def config_info() -> tuple:
 def start(model: str | None, schemes: list[str], eval_choice: str, upload: str | None, compile_: bool, embeddings: str,
           cold_start: bool = True) -> str:
     """One background job per scheme, queued one after another on the device."""
-    from qtinker.data import sample_eval_path
+    from qtinker.data.loaders import sample_eval_path
 
     m = common.find_model(model)
     if m is None:
         return "**Error:** Pick a model to quantize (a distilled student, or any local float model)."
     if not schemes:
         return "**Error:** Pick at least one scheme."
-    from qtinker.quantize import available_schemes
+    from qtinker.quantize.recipe import available_schemes
 
     reasons = available_schemes()
     for scheme in schemes:
@@ -115,7 +116,7 @@ def finished_runs(batch: list) -> list[tuple[str, dict]]:
 
 def recommendation(batch: list) -> tuple[str, str | None]:
     """The recommendation line across the batch's formats, and the recommended folder's model name."""
-    from qtinker.formats import format_rows, recommend, recommendation_line, verdict
+    from qtinker.quantize.formats import format_rows, recommend, recommendation_line, verdict
 
     runs = finished_runs(batch)
     rows = format_rows(runs)
@@ -195,7 +196,7 @@ def view(seen: tuple):
 
 def package(model: str | None):
     """Zip the model folder and its model card; the Download button then serves it."""
-    from qtinker.export import export_zip
+    from qtinker.export.package import export_zip
 
     m = common.find_model(model)
     if m is None:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from qtinker import losses, paths
-from qtinker import students as st
-from qtinker.events import Events, Stopped
+from qtinker.core import paths
+from qtinker.core.events import Events, Stopped
+from qtinker.distill import losses
+from qtinker.models import students as st
 
 
 def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs: int = 3, lr: float = 5e-5,
@@ -31,7 +32,7 @@ def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs:
 
     Default `out`: outputs_dir()/teachers/<teacher-name>-<hash of teacher, data and settings>/.
     Raises events.Stopped (after saving a checkpoint) when a stop is requested."""
-    from qtinker.distill import DistillConfig, batch_order, collate, encode, linear_schedule, save_model_folder
+    from qtinker.distill.recipe import DistillConfig, batch_order, collate, encode, linear_schedule, save_model_folder
 
     events = events or Events(echo=False)
     teacher_path = st.resolve_model(teacher, "teacher")

@@ -1,7 +1,7 @@
 """Google's TF1 BERT checkpoints -> Hugging Face model folders, without TensorFlow.
 
 A Google BERT folder holds bert_model.ckpt.{index,data-*}, bert_config.json and vocab.txt. We read
-the tensor bundle with qtinker.tfcheckpoint, rename every variable to its transformers name
+the tensor bundle with qtinker.models.tf1.checkpoint, rename every variable to its transformers name
 (dense kernels are [in, out] in TF and [out, in] in torch, so they are transposed), and write
 config.json + model.safetensors + tokenizer files + qtinker_source.json (provenance). The result
 loads with BertForPreTraining / BertForMaskedLM / AutoModel, pre-training heads included.
@@ -25,9 +25,9 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from qtinker import __version__
-from qtinker.errors import QTinkerError
-from qtinker.fsutil import temp_dir
-from qtinker.tfcheckpoint import TFCheckpoint
+from qtinker.core.errors import QTinkerError
+from qtinker.core.fsutil import temp_dir
+from qtinker.models.tf1.checkpoint import TFCheckpoint
 
 CONVERTER_VERSION = f"qtinker.convert {__version__} (format 1)"
 PROVENANCE_FILE = "qtinker_source.json"
@@ -318,8 +318,8 @@ def configure_import_tf(parser: argparse.ArgumentParser) -> None:
 
 
 def run_import_tf(args: argparse.Namespace) -> int:
-    from qtinker import paths
-    from qtinker.events import Events
+    from qtinker.core import paths
+    from qtinker.core.events import Events
 
     path = Path(args.path)
     out = Path(args.out) if args.out else paths.models_dir() / (path.name[:-4] if path.suffix == ".zip" else path.name)

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 
 Kind = Literal["hidden", "attention", "cls"]
 KINDS = ("hidden", "attention", "cls")

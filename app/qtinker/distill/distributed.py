@@ -29,7 +29,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 
 T = TypeVar("T")
 

@@ -92,7 +92,7 @@ model = {auto}.from_pretrained("path/to/this/folder")
 def results_lines(folder: Path) -> list[str]:
     """The card's "Results": teacher vs student (a distillation's metrics) and float vs quantized (a quantize
     run's: accuracy, size, latency, cold start, then the verdict), as tables people read."""
-    from qtinker.formats import verdict
+    from qtinker.quantize.formats import verdict
 
     runs = [json.loads(p.read_text(encoding="utf-8")) for p in (folder / "source_metrics.json", folder / "metrics.json")
             if p.is_file()]

@@ -1,4 +1,4 @@
-"""Fetch BERT models: Google's TF1 zips from Cloud Storage (converted by qtinker.convert) or the Hugging Face Hub.
+"""Fetch BERT models: Google's TF1 zips from Cloud Storage (converted by qtinker.models.tf1.convert) or the Hugging Face Hub.
 
 A download is safe to interrupt at any point:
 - the archive streams to a `.part` file under cache_dir()/downloads; a dropped connection is retried
@@ -23,10 +23,10 @@ import time
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from qtinker import paths
-from qtinker.convert import DiskSpaceError, _disk_full, check_disk, extract_zip, staging_dir
-from qtinker.errors import QTinkerError
-from qtinker.fsutil import safe_name
+from qtinker.core import paths
+from qtinker.core.errors import QTinkerError
+from qtinker.core.fsutil import safe_name
+from qtinker.models.tf1.convert import DiskSpaceError, _disk_full, check_disk, extract_zip, staging_dir
 
 CHUNK = 1 << 20
 RETRIES = 5  # attempts in a row without progress before giving up
@@ -181,7 +181,7 @@ def download_url(url: str, name: str, models_dir=None, events=None, lower_case: 
 
 def _fetch_and_install(url: str, stem: str, part: Path, dest: Path, events, tokenizer: dict, provenance: dict):
     """fetch -> verify -> extract -> convert in a staging folder -> move into place. Returns (sha256, size, summary)."""
-    from qtinker.convert import convert_folder, find_bert_root
+    from qtinker.models.tf1.convert import convert_folder, find_bert_root
 
     # archive + extracted (~ archive, floats do not compress) + converted (~ archive)
     server_hash: dict = {}
@@ -233,7 +233,7 @@ def _exclusive(lock: Path, what: str):
 
 def download_model(name: str, source: str = "gcs", models_dir=None, events=None) -> Path:
     """Download the catalog model `name` from Google Cloud Storage ("gcs") or the Hugging Face Hub ("hf")."""
-    from qtinker.catalog import get_model
+    from qtinker.models.catalog import get_model
 
     model = get_model(name)
     if source not in ("gcs", "hf"):
@@ -270,7 +270,7 @@ def _already_present(dest: Path, events) -> Path:
 
 
 def _after_install(dest: Path, events, result: dict) -> None:
-    from qtinker.registry import write_registry_markdown
+    from qtinker.models.registry import write_registry_markdown
 
     write_registry_markdown(dest.parent)
     if events:
@@ -291,7 +291,7 @@ def download_hub(repo_id: str, dest: Path, events=None, lower_case: bool = True,
     from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, IncompleteSnapshotError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
-    from qtinker.convert import write_provenance
+    from qtinker.models.tf1.convert import write_provenance
 
     endpoint = os.environ.get("HF_ENDPOINT") or None
     where = endpoint or "huggingface.co"
@@ -388,7 +388,7 @@ def configure_download(parser: argparse.ArgumentParser) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from qtinker.events import Events
+    from qtinker.core.events import Events
 
     if args.url and (not args.name or args.model):
         raise QTinkerError("--url: pass --name NAME (the folder to create under the models dir) and no catalog NAME")

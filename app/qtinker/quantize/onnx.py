@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 
 ONNX_FILE = "model.onnx"
 OPSET = 17
@@ -173,7 +173,7 @@ def initializer_bytes(path: Path, include_embeddings: bool = True) -> int:
     return sum(numpy_helper.to_array(t).nbytes for t in graph.initializer if t.name not in embedding_inputs)
 
 
-# ---------------------------------------------------------------- the run (from qtinker.quantize)
+# ---------------------------------------------------------------- the run (from qtinker.quantize.recipe)
 
 def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, before: dict, events) -> dict:
     """Export -> fuse -> (int8) -> measure on the same data as `before` -> save the folder in a staging
@@ -183,9 +183,10 @@ def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, be
 
     import transformers
 
-    from qtinker import export, fsutil
-    from qtinker.measure import cold_starts, measure_model, output_cosine, public, ratios, warn_on_accuracy_loss
-    from qtinker.quantize import SCHEMES, finish_folder
+    from qtinker.core import fsutil
+    from qtinker.export import package as export
+    from qtinker.quantize.measure import cold_starts, measure_model, output_cosine, public, ratios, warn_on_accuracy_loss
+    from qtinker.quantize.recipe import SCHEMES, finish_folder
 
     ort = import_onnxruntime()
     int8 = config.scheme == "onnx-int8"

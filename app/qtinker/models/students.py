@@ -11,9 +11,9 @@ from pathlib import Path
 
 from torch import nn
 
-from qtinker import paths
-from qtinker.errors import QTinkerError
-from qtinker.layers import check_layer_list, student_init_layers
+from qtinker.core import paths
+from qtinker.core.errors import QTinkerError
+from qtinker.distill.layers import check_layer_list, student_init_layers
 
 LOAD_KW = dict(trust_remote_code=False, use_safetensors=True)
 

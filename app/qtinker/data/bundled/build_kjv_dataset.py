@@ -1,7 +1,7 @@
 """Rebuild the bundled KJV verse -> Bible-section dataset from Debian's bible-kjv packages.
 
     sudo apt-get install bible-kjv          # bible-kjv-text holds the text, bible-kjv the reader
-    python app/qtinker/data/build_kjv_dataset.py [--out app/qtinker/data] [--seed 13]
+    python app/qtinker/data/bundled/build_kjv_dataset.py [--out app/qtinker/data/bundled] [--seed 13]
 
 Reads the whole King James Version through Debian's `bible` program (which decodes
 /usr/lib/bible.data from bible-kjv-text), labels every verse with the section of the Bible its

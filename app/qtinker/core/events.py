@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 
 GCS_DEFAULT_BASE = "https://storage.googleapis.com"
 
@@ -151,7 +151,7 @@ def _human_bytes(n: float) -> str:
 
 def catalog_rows(models_dir=None) -> list[dict]:
     """One dict per catalog model, with computed size and local presence (for CLI, UI, JSON)."""
-    from qtinker import paths
+    from qtinker.core import paths
 
     root = models_dir or paths.models_dir()
     rows = []

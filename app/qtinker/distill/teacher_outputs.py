@@ -36,9 +36,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from qtinker import paths
-from qtinker.errors import QTinkerError
-from qtinker.fsutil import pid_alive
+from qtinker.core import paths
+from qtinker.core.errors import QTinkerError
+from qtinker.core.fsutil import pid_alive
 
 FORMAT_VERSION = 1
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json",
@@ -212,11 +212,11 @@ def load_or_build(key: str, num_examples: int, specs: Sequence[OutputSpec], comp
 
     compute(indices) -> {spec.name: tensor [len(indices), *spec.shape]} runs the teacher on
     those examples, `batch_size` at a time, in `order` (e.g. sorted by length: less padding).
-    ctx is a qtinker.distributed.Context: under torchrun, every rank must call this (it
+    ctx is a qtinker.distill.distributed.Context: under torchrun, every rank must call this (it
     contains barriers); the ranks of each machine share the work.
     Emits "log" events: reuse, or the size before writing and the path when done.
     """
-    from qtinker.distributed import Context, any_rank, barrier
+    from qtinker.distill.distributed import Context, any_rank, barrier
 
     ctx = ctx or Context()
     log = (lambda message, **f: events.emit("log", message=message, **f)) if (events and ctx.is_main) else (lambda *a, **f: None)
@@ -371,7 +371,7 @@ def build_for_distill(teacher, teacher_path: str, examples: list[dict], pad_id: 
     feature KD, hidden states and Q/K of the mapped layers, keyed by teacher + data + max_length."""
     import dataclasses
 
-    from qtinker.distill import collate
+    from qtinker.distill.recipe import collate
 
     cls_layers = sorted({m.teacher for m in matches if m.kind == "cls"})
     hidden_layers = sorted({m.teacher for m in matches if m.kind == "hidden"})

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from qtinker.errors import QTinkerError
-from qtinker.paths import bundled_data_dir
+from qtinker.core.errors import QTinkerError
+from qtinker.core.paths import bundled_data_dir
 
 # Column names recognised without flags, most specific first (compared lower-cased).
 TEXT_NAMES = ("text", "sentence", "review", "content", "document", "comment", "body", "utterance", "question")
@@ -452,7 +452,7 @@ def batches(data: LabelledData | list[str], tokenizer: Any, batch_size: int = 32
 
 # ---------------------------------------------------------------- the bundled dataset
 def sample_dataset_path() -> Path:
-    """The bundled real labelled dataset (KJV verse -> Bible section, training split); see data/README.md."""
+    """The bundled real labelled dataset (KJV verse -> Bible section, training split); see data/bundled/README.md."""
     return bundled_data_dir() / "kjv_sections_train.csv"
 
 

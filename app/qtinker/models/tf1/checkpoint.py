@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48

@@ -25,9 +25,9 @@ import stat
 import zipfile
 from pathlib import Path
 
-from qtinker.errors import QTinkerError
-from qtinker.fsutil import temp_file
-from qtinker.modelcard import display_name, file_name, results_lines
+from qtinker.core.errors import QTinkerError
+from qtinker.core.fsutil import temp_file
+from qtinker.export.card import display_name, file_name, results_lines
 
 QUANTIZED_WEIGHTS = "quantized_model.safetensors"
 MARKER = "quantization.json"
@@ -42,7 +42,7 @@ _HEADS = {"ForSequenceClassification": "AutoModelForSequenceClassification", "Fo
 # ---------------------------------------------------------------- folders
 def resolve_model_path(name_or_path: str | Path) -> Path:
     """A model folder given as a path, or as a name in the models or outputs folder."""
-    from qtinker.paths import models_dir, outputs_dir
+    from qtinker.core.paths import models_dir, outputs_dir
 
     if not str(name_or_path):
         raise QTinkerError("MODEL: missing; pass a model folder (see `qtinker models`)")
@@ -127,7 +127,7 @@ def load_model(path: str | Path, device: str = "cpu"):
                                "the folder is corrupt or incomplete, download or re-create it") from exc
         return model.to(device).eval(), tokenizer
     if marker.get("format") == "onnx":
-        from qtinker.onnx_export import OnnxClassifier
+        from qtinker.quantize.onnx import OnnxClassifier
 
         return OnnxClassifier(path / ONNX_FILE, transformers.AutoConfig.from_pretrained(path)), tokenizer
     if marker.get("weights") == QUANTIZED_WEIGHTS:
@@ -152,7 +152,7 @@ def _load_quantized(path: Path, marker: dict, auto, device: str):
     import transformers
     from safetensors import SafetensorError, safe_open
 
-    from qtinker.quantize import state_dict_from_safetensors
+    from qtinker.quantize.recipe import state_dict_from_safetensors
 
     if marker.get("load_device") == "cuda" and not str(device).startswith("cuda"):
         raise QTinkerError(f"{path}: {marker.get('scheme')} weights load on CUDA only (TorchAO int4 packing is "
@@ -187,7 +187,7 @@ def save_quantized(model, tokenizer, folder: Path, marker: dict, quantization_co
     outside from_pretrained), in the layout its TorchAO loader reads back."""
     from safetensors.torch import save_file
 
-    from qtinker.quantize import state_dict_to_safetensors
+    from qtinker.quantize.recipe import state_dict_to_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -342,7 +342,7 @@ def write_model_card(model_dir: str | Path) -> Path:
 # ---------------------------------------------------------------- zip for download
 def export_zip(model_dir: str | Path, zip_path: str | Path | None = None, overwrite: bool = False, events=None) -> Path:
     """Zip the folder (card regenerated) under `<folder name>/...`; symlinks are never followed."""
-    from qtinker.paths import outputs_dir
+    from qtinker.core.paths import outputs_dir
 
     folder = resolve_model_path(model_dir)
     check_model_folder(folder)
@@ -402,7 +402,7 @@ def configure_export(parser) -> None:
 
 
 def run_export(args) -> int:
-    from qtinker.events import Events
+    from qtinker.core.events import Events
 
     events = Events(args.events, echo=True)
     events.emit("start", model=args.model)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# app/qtinker/paths.py -> the repository root is two folders up from the package.
-PACKAGE_DIR = Path(__file__).resolve().parent
+# app/qtinker/core/paths.py -> the package is one folder up, the repository root two more.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = PACKAGE_DIR.parents[1]
 
 
@@ -38,5 +38,5 @@ def cache_dir() -> Path:
 
 
 def bundled_data_dir() -> Path:
-    """The small real datasets shipped with the package (see data/README.md)."""
-    return PACKAGE_DIR / "data"
+    """The small real datasets shipped with the package (see data/bundled/README.md)."""
+    return PACKAGE_DIR / "data" / "bundled"

@@ -21,7 +21,7 @@ def weights_bytes(model, include_embeddings: bool = True) -> int:
     """Bytes of all parameters (shared ones once); TorchAO subclasses count their inner tensors.
     An ONNX model counts its initializers (embeddings: those its EmbedLayerNormalization reads)."""
     if not isinstance(model, torch.nn.Module):
-        from qtinker.onnx_export import initializer_bytes
+        from qtinker.quantize.onnx import initializer_bytes
 
         return initializer_bytes(model.path, include_embeddings)
     embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
@@ -43,7 +43,7 @@ def measure_model(model, tokenizer, data, config, device, events, label, referen
     """Sizes, accuracy/agreement on `data` (if any), and latency at batch 1 (seq 128 and 32) and batch 16
     (seq 128), eager, and compiled too when config.compile and the model is a torch module. Emits one
     "eval" event."""
-    from qtinker.latency import compile_context, compiled, measure_latency
+    from qtinker.quantize.latency import compile_context, compiled, measure_latency
 
     result: dict = {"weights_bytes": weights_bytes(model), "weights_bytes_without_embeddings": weights_bytes(model, False)}
     # a model with fewer than 128 positions is timed (and evaluated) at the length it can read
@@ -129,7 +129,7 @@ def cold_start_seconds(folder: Path, runtime: str, device: str = "cpu", compile:
     """Seconds from spawning a fresh Python to its first prediction from `folder` (interpreter start,
     imports, loading, session creation or compiling included): what a user waits for after a restart.
     Raises RuntimeError with the child's last line when it fails."""
-    from qtinker.export import auto_class_name, read_json
+    from qtinker.export.package import auto_class_name, read_json
 
     threads = threads or torch.get_num_threads()
     if runtime == "onnxruntime":

@@ -19,9 +19,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qtinker import paths
-from qtinker.errors import QTinkerError
-from qtinker.fsutil import safe_name, sweep_leftovers, temp_file
+from qtinker.core import paths
+from qtinker.core.errors import QTinkerError
+from qtinker.core.fsutil import safe_name, sweep_leftovers, temp_file
 
 REGISTRY_FILE = "MODEL_REGISTRY.md"
 PROVENANCE_FILE = "qtinker_source.json"
@@ -101,7 +101,7 @@ def describe_model(path, kind: str | None = None, name: str | None = None) -> Lo
                            f"pass a Hugging Face model folder (config.json, model.safetensors, tokenizer files)")
     provenance = _read_json(path / PROVENANCE_FILE)
     run = _read_json(path / "run_config.json")
-    marker = _read_json(path / "quantization.json")  # written by qtinker.quantize
+    marker = _read_json(path / "quantization.json")  # written by qtinker.quantize.recipe
     quant = config.get("quantization_config") or {}
     quantization = marker.get("scheme") or (quant.get("quant_type") if isinstance(quant.get("quant_type"), str) else None) \
         or quant.get("quant_method") or None
@@ -259,8 +259,8 @@ def import_model(path, name=None, models_dir=None, events=None) -> Path:
     """Copy a local HF model folder or zip (or a Google TF checkpoint, converted) into the models folder.
 
     Only model files are copied (MODEL_FILES); links leaving the folder are refused (see model_files)."""
-    from qtinker.convert import (convert_folder, extract_zip, file_sha256, find_bert_root, staging_dir,
-                                 write_provenance)
+    from qtinker.models.tf1.convert import (convert_folder, extract_zip, file_sha256, find_bert_root, staging_dir,
+                                            write_provenance)
 
     path = Path(path)
     if not path.exists():
@@ -333,7 +333,7 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from qtinker.events import Events
+    from qtinker.core.events import Events
 
     path = import_model(args.path, args.name, args.models_dir, Events(args.events))  # failures: cli.main
     print(path)

@@ -2,7 +2,7 @@
 
 Shapes: B batch, S sequence length, C classes, V vocabulary, D hidden width, H heads,
 L number of matched layers. No function here weighs one term against another: the run
-(`qtinker.distill`) adds the terms with their configured weights in one visible place.
+(`qtinker.distill.recipe`) adds the terms with their configured weights in one visible place.
 
 Conventions (see shared/notes/distillation.md, they differ between toolkits):
 - `soft_kl` multiplies by T² (Hinton; HF DistilBERT and PKD do, TextBrewer/TinyBERT don't),

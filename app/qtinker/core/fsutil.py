@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 
 RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 NAME_CHARS = re.compile(r"[\w.-]+")

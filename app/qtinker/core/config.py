@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from qtinker.errors import QTinkerError
+from qtinker.core.errors import QTinkerError
 
 
 def option(default: Any, help: str, *, choices: typing.Sequence[Any] | None = None, flag: str | None = None, **kwargs: Any):

@@ -23,17 +23,18 @@ from pathlib import Path
 
 import torch
 
-from qtinker import fsutil, resume
-from qtinker.config import add_arguments, from_args, option, save_config
-from qtinker.errors import QTinkerError
-from qtinker.events import Events
-from qtinker.formats import verdict
-from qtinker.measure import cold_starts
-from qtinker.measure import measure_model as _measure
-from qtinker.measure import output_cosine as _output_cosine
-from qtinker.measure import public as _public
-from qtinker.measure import ratios as _ratios
-from qtinker.measure import warn_on_accuracy_loss, weights_bytes  # noqa: F401  (weights_bytes: bench's import)
+from qtinker.core import fsutil
+from qtinker.core.config import add_arguments, from_args, option, save_config
+from qtinker.core.errors import QTinkerError
+from qtinker.core.events import Events
+from qtinker.distill import checkpoint as resume
+from qtinker.quantize.formats import verdict
+from qtinker.quantize.measure import cold_starts
+from qtinker.quantize.measure import measure_model as _measure
+from qtinker.quantize.measure import output_cosine as _output_cosine
+from qtinker.quantize.measure import public as _public
+from qtinker.quantize.measure import ratios as _ratios
+from qtinker.quantize.measure import warn_on_accuracy_loss, weights_bytes  # noqa: F401  (weights_bytes: bench's import)
 
 SCHEMES = {
     "int8-dynamic": "int8 weights and int8 activations quantized on the fly (TorchAO Int8DynamicActivationInt8WeightConfig). "
@@ -111,7 +112,7 @@ def available_schemes() -> dict[str, str | None]:
     """scheme -> None if it runs on this machine, else the reason (the UI greys it out)."""
     result: dict[str, str | None] = {"int8-dynamic": None, "int8-weight": None, "int4-weight": None}
     try:
-        from qtinker.onnx_export import import_onnxruntime
+        from qtinker.quantize.onnx import import_onnxruntime
 
         import_onnxruntime()
         result.update({s: None for s in ONNX_SCHEMES})
@@ -285,7 +286,7 @@ def _says_disk_full(exc: BaseException) -> bool:
 
 def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     """Quantize config.model into config.out; returns the metrics written to OUT/metrics.json."""
-    from qtinker import export  # the save/load twin lives there
+    from qtinker.export import package as export  # the save/load twin lives there
 
     events = events or Events(echo=False)
     source = export.resolve_model_path(config.model)
@@ -306,7 +307,7 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     # --- data and the float model
     data = None
     if config.eval_data:
-        from qtinker.data import load_labelled
+        from qtinker.data.loaders import load_labelled
 
         data = load_labelled(config.eval_data)
     model, tokenizer = export.load_model(source, device="cpu")
@@ -315,7 +316,7 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     dtype = torch.bfloat16 if config.scheme == "int4-weight" else torch.float32
     model = model.to(device=device, dtype=dtype).eval()
     if config.scheme in ONNX_SCHEMES:
-        from qtinker.onnx_export import check_exportable
+        from qtinker.quantize.onnx import check_exportable
 
         check_exportable(model)  # before minutes of measuring
 
@@ -326,7 +327,7 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     before = _measure(model, tokenizer, data, config, device, events, "before")
     before["cold_start_s"] = cold_starts(source, "torch", config, device, events, "before")
     if config.scheme in ONNX_SCHEMES:  # export, fuse, (int8), measure, save: same gate, other runtime
-        from qtinker.onnx_export import quantize_to_onnx
+        from qtinker.quantize.onnx import quantize_to_onnx
 
         return quantize_to_onnx(config, source, out, model, tokenizer, data, before, events)
 
@@ -388,7 +389,7 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
 def finish_folder(tmp: Path, out: Path, metrics: dict, config: QuantizeConfig, source: Path) -> None:
     """metrics.json, the run config, the source's records and the model card into the checked staging
     folder, then move it into place (a previous OUT goes only now, under --overwrite)."""
-    from qtinker import export
+    from qtinker.export import package as export
 
     export.write_json(tmp / "metrics.json", metrics)
     save_config(dataclasses.replace(config, model=str(source), out=str(out)), tmp / "quantize_config.json")

@@ -40,15 +40,16 @@ from typing import Callable
 
 import torch
 
-from qtinker import distributed, fsutil, resume
-from qtinker.config import add_arguments, from_args, load_config, option, save_config
-from qtinker.errors import QTinkerError
-from qtinker.events import Events, Stopped, stoppable
-from qtinker.layers import (INIT_STRATEGIES, LAYER_MAPS, AttentionScores, HiddenProjection, LayerMatch, custom_map,
-                            describe_map, last_map, pkd_map, qk_scores, uniform_map)
-from qtinker import losses
-from qtinker import students as st
-from qtinker.teacher_finetune import fine_tune_teacher
+from qtinker.core import fsutil
+from qtinker.core.config import add_arguments, from_args, load_config, option, save_config
+from qtinker.core.errors import QTinkerError
+from qtinker.core.events import Events, Stopped, stoppable
+from qtinker.distill import checkpoint as resume, distributed
+from qtinker.distill import losses
+from qtinker.distill.finetune import fine_tune_teacher
+from qtinker.distill.layers import (INIT_STRATEGIES, LAYER_MAPS, AttentionScores, HiddenProjection, LayerMatch, custom_map,
+                                    describe_map, last_map, pkd_map, qk_scores, uniform_map)
+from qtinker.models import students as st
 
 METHODS = ("logit", "patient", "feature")
 
@@ -194,7 +195,7 @@ def _distill(config: DistillConfig, events: Events) -> dict:
     stage_events = events if not ctx.distributed else Events(events.path, events.echo)
 
     # ---- data
-    from qtinker.data import check_eval_labels, load_labelled, load_unlabelled, split_holdout
+    from qtinker.data.loaders import check_eval_labels, load_labelled, load_unlabelled, split_holdout
 
     mlm = not config.data
     unlabelled = load_unlabelled(config.unlabeled) if config.unlabeled else []
@@ -290,7 +291,7 @@ def _distill(config: DistillConfig, events: Events) -> dict:
     if mlm:
         cache = None
     elif config.disk_cache:  # memory-mapped files, written once (split across this machine's processes)
-        from qtinker.teacher_cache import build_for_distill
+        from qtinker.distill.teacher_outputs import build_for_distill
 
         cache = build_for_distill(teacher, teacher_path, examples, tokenizer.pad_token_id, matches, teacher_scores,
                                   config, device, amp_dtype, stage_events, ctx)
@@ -513,7 +514,7 @@ def _distill(config: DistillConfig, events: Events) -> dict:
         save_model_folder(work, best_model, tokenizer)
         (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         save_config(config, work / "run_config.json")
-        from qtinker.modelcard import write_distill_card
+        from qtinker.export.card import write_distill_card
 
         write_distill_card(work, metrics, config)
         shutil.rmtree(work / "checkpoint", ignore_errors=True)
@@ -635,7 +636,7 @@ def reorder_labels(data, names: list[str]):
 def augmented_texts(c: DistillConfig, train, teacher_source: str, tokenizer, unlabelled: list[str], device: str,
                     events: Events) -> tuple[list[str], list[str]]:
     """round(--augment × N) extra texts (and their second texts, copied) by word replacement; unlabelled."""
-    from qtinker import augment
+    from qtinker.distill import augment
 
     n = round(c.augment * len(train))
     sources, words, chosen = augment.pick_words(train.texts, n, c.seed)

@@ -1,0 +1,2 @@
+"""Google's TF1 BERT checkpoints, read and converted without TensorFlow.
+"""
