@@ -6,7 +6,7 @@ teacher outputs, teacher fine-tuning, checkpoints and multi-process runs.
 # Public names, imported on first use: importing one component of this package stays light and
 # never runs the whole stage (nor closes an import cycle).
 _EXPORTS = {
-    "DistillConfig": "qtinker.distill.recipe",
+    "DistillConfig": "qtinker.distill.config",
     "distill": "qtinker.distill.recipe",
     "fine_tune_teacher": "qtinker.distill.finetune",
 }

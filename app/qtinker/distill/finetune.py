@@ -32,7 +32,10 @@ def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs:
 
     Default `out`: outputs_dir()/teachers/<teacher-name>-<hash of teacher, data and settings>/.
     Raises events.Stopped (after saving a checkpoint) when a stop is requested."""
-    from qtinker.distill.recipe import DistillConfig, batch_order, collate, encode, linear_schedule, save_model_folder
+    from qtinker.data.batching import batch_order, collate, encode
+    from qtinker.distill.config import DistillConfig
+    from qtinker.distill.schedule import linear_schedule
+    from qtinker.export.package import save_model_folder
 
     events = events or Events(echo=False)
     teacher_path = st.resolve_model(teacher, "teacher")

@@ -34,124 +34,28 @@ import random
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from qtinker.core import fsutil
-from qtinker.core.config import add_arguments, from_args, load_config, option, save_config
+from qtinker.core.config import add_arguments, from_args, load_config, save_config
 from qtinker.core.errors import QTinkerError
 from qtinker.core.events import Events, Stopped, stoppable
+from qtinker.data.batching import batch_order, collate, encode, mask_batch, split_ids
 from qtinker.distill import checkpoint as resume, distributed
 from qtinker.distill import losses
+from qtinker.distill.config import DistillConfig
 from qtinker.distill.finetune import fine_tune_teacher
-from qtinker.distill.layers import (INIT_STRATEGIES, LAYER_MAPS, AttentionScores, HiddenProjection, LayerMatch, custom_map,
-                                    describe_map, last_map, pkd_map, qk_scores, uniform_map)
+from qtinker.distill.layers import (AttentionScores, HiddenProjection, LayerMatch, custom_map, describe_map, last_map,
+                                    pkd_map, qk_scores, uniform_map)
+from qtinker.distill.schedule import stage_schedule
+from qtinker.export.package import save_model_folder
 from qtinker.models import students as st
-
-METHODS = ("logit", "patient", "feature")
 
 # Tests set this to a function(step) that raises (e.g. torch.OutOfMemoryError) to exercise recovery.
 FAULT_HOOK: Callable[[int], None] | None = None
-
-
-@dataclass
-class DistillConfig:
-    teacher: str = option("", "Teacher: a model folder, a name under bert_models/ or outputs/, or a Hub id. "
-                              "Without a head for the task it is fine-tuned first (and kept for reuse).")
-    data: str = option("", "Labelled training data (CSV/TSV/JSONL with text and label columns). Leave empty and "
-                           "give --unlabeled for task-agnostic MLM distillation.")
-    out: str = option("", "Output folder: a Hugging Face model folder plus metrics.json, run_config.json, README.md.")
-    eval_data: str = option("", "Labelled evaluation data; empty: hold out --holdout of the training data.")
-    unlabeled: str = option("", "Unlabelled text (TXT one per line, or a text column). With --data: extra examples the "
-                                "teacher labels (soft targets only). Alone: MLM distillation.")
-    student: str = option("", "Student model folder / name / Hub id. Its vocabulary must equal the teacher's.")
-    student_from_teacher: int = option(0, "Build the student from N of the teacher's layers (chosen by --student-init, "
-                                          "or --student-layers).")
-    student_layers: list[int] = option([], "Explicit teacher layers (0-indexed) for --student-from-teacher, e.g. 0,5.")
-    student_init: str = option("distilbert", "Which teacher layers a --student-from-teacher student keeps: distilbert "
-                                             "(spread, first and last kept: 12->6 = 0,2,4,7,9,11), uniform (last of each "
-                                             "block: 1,3,5,7,9,11), first (bottom layers, PKD).", choices=INIT_STRATEGIES)
-    student_config: list[int] = option([], "A fresh random student: LAYERS,HIDDEN,HEADS[,INTERMEDIATE] with the "
-                                           "teacher's vocabulary, e.g. 4,256,4.")
-    method: str = option("logit", "logit: soft targets (+ hard labels); patient: + PKD [CLS] loss of mapped layers; "
-                                  "feature: + TinyBERT hidden/attention/embedding losses.", choices=METHODS)
-    layer_map: str = option("auto", "Which teacher layer teaches which student layer. auto: pkd-skip for patient, "
-                                    "uniform for feature. pkd-skip / pkd-last (PKD), uniform (TinyBERT), last (MiniLM).",
-                            choices=LAYER_MAPS)
-    teacher_layers: list[int] = option([], "Custom map: teacher layer (1-indexed; 0 = embeddings) for each student layer "
-                                           "1..M, or M+1 entries starting with the embeddings. Overrides --layer-map.")
-    temperature: float = option(2.0, "Softmax temperature T of the KD loss; the KL term is multiplied by T² (Hinton), "
-                                     "so values are not comparable with TextBrewer/TinyBERT (no T²). DistilBERT: 2.")
-    alpha: float = option(0.5, "kd_weight: weight of the soft (teacher) loss; the hard-label loss gets "
-                               "hard_label_weight = 1 − alpha (PKD's convention; torchdistill's is the opposite). "
-                               "Examples without a label (augmentation) get the soft loss only.")
-    beta: float = option(1.0, "patient_weight: weight of PKD's [CLS] loss (the paper's form: squared distance of the "
-                              "L2-normalised [CLS] vectors, summed over the width and the mapped layers). With "
-                              "--balance-losses, relative to the other terms (1 = as large as a weight-1 term at the "
-                              "start); with --no-balance-losses, PKD's own β (its grid: 10, 100, 500, 1000).")
-    hidden_weight: float = option(1.0, "feature: weight of the hidden-state MSE (summed over mapped layers).")
-    attention_weight: float = option(1.0, "feature: weight of the pre-softmax attention-score MSE (needs equal head "
-                                          "counts; skipped with a warning otherwise).")
-    embedding_weight: float = option(1.0, "feature: weight of the embedding-output MSE (student 0 <- teacher 0).")
-    balance_losses: bool = option(True, "Scale each loss term by 1 / its mean size over its first --balance-batches "
-                                        "batches, then freeze the scales, so that no term drowns the others and each "
-                                        "weight is that term's share of the loss. The scales are logged and saved in "
-                                        "metrics.json. Off: the raw terms times their weights.")
-    balance_batches: int = option(10, "Batches over which --balance-losses measures each term's size before freezing "
-                                      "its scale.")
-    schedule: str = option("auto", "joint: every loss term from the first step. two-stage (TinyBERT): the "
-                                   "intermediate-layer terms alone for --intermediate-epochs, then the prediction "
-                                   "layer (KD on logits + labels) for the remaining epochs, each stage with its own "
-                                   "warmup and decay. auto: two-stage for feature KD with 2+ epochs, else joint.",
-                           choices=("auto", "joint", "two-stage"))
-    intermediate_epochs: int = option(0, "two-stage: epochs of the intermediate-layer stage; the prediction-layer stage "
-                                         "gets --epochs minus these. 0: two thirds of --epochs, rounded (TinyBERT's "
-                                         "ratio is 10:3), at least 1 epoch left for each stage.")
-    epochs: int = option(3, "Training epochs over the data.")
-    batch_size: int = option(32, "Examples per batch (the effective batch is batch_size × grad_accum).")
-    grad_accum: int = option(1, "Batches whose gradients are added before each optimizer step.")
-    lr: float = option(1e-4, "Peak AdamW learning rate (warmup then linear decay).")
-    warmup_ratio: float = option(0.1, "Fraction of steps with a linearly rising learning rate.")
-    weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases and LayerNorm).")
-    max_length: int = option(128, "Tokens per example (longer ones are truncated).")
-    device: str = option("auto", "auto (CUDA, then Apple MPS, else CPU), cpu, cuda, cuda:N or mps.")
-    precision: str = option("auto", "auto: bf16 autocast on CUDA with bf16 support (else fp16), fp32 elsewhere.",
-                            choices=("auto", "fp32", "bf16", "fp16"))
-    seed: int = option(42, "Random seed (student init, data order, dropout); same seed, same result.")
-    teacher_epochs: int = option(3, "Epochs of fine-tuning the teacher first, when it has no classification head for "
-                                    "these labels (it is kept and reused for the same training file and settings). "
-                                    "0: never fine-tune: the teacher must already have a head for these labels.")
-    teacher_lr: float = option(5e-5, "Learning rate of that fine-tuning.")
-    holdout: float = option(0.1, "Fraction of --data held out for evaluation when there is no --eval-data.")
-    text_column: str = option("", "Text column of the data files (auto-detected when empty).")
-    text_pair_column: str = option("", "Second text column for sentence pairs (auto-detected when empty).")
-    label_column: str = option("", "Label column (auto-detected when empty).")
-    task: str = option("", "classification or regression (auto-detected when empty).",
-                       choices=("", "classification", "regression"))
-    mlm_probability: float = option(0.15, "MLM distillation: fraction of tokens masked (of those: 8 in 10 become "
-                                          "[MASK], 1 a random token, 1 stays).")
-    cache_teacher: bool = option(True, "Compute the teacher's outputs once and reuse them every epoch.")
-    cache_max_mb: int = option(2048, "Memory for cached teacher hidden states / attention inputs; above it they are "
-                                     "recomputed each step (logits are always cached).")
-    disk_cache: bool = option(False, "Keep the teacher's outputs on disk (memory-mapped, under the cache folder) instead of "
-                                     "in memory, for corpora larger than memory; reused by later runs with the same "
-                                     "teacher, data and --max-length. Under torchrun the processes share the work.")
-    length_bucketing: bool = option(True, "Batch examples of similar length together (less padding).")
-    early_stopping: int = option(0, "Stop after this many epochs without improvement (0: off).")
-    checkpoint_every: int = option(0, "Also checkpoint every N optimizer steps (0: only each epoch and on stop).")
-    resume: bool = option(False, "Continue a stopped or interrupted run of the same --out from its last checkpoint. "
-                                 "Refused (naming what changed) if a setting, data file or model differs, except --epochs, "
-                                 "--device, caching and checkpoint options; a changed --epochs stretches the learning-rate "
-                                 "schedule, so only an unchanged one gives exactly the uninterrupted result.")
-    overwrite: bool = option(False, "Replace an existing --out folder.")
-    max_train_examples: int = option(0, "Use only the first N training examples (0: all).")
-    augment: float = option(0.0, "Augmentation for small data: add this many times the training set as extra examples "
-                                 "(TinyBERT-style: about 4 in 10 words of a training text replaced by the teacher's own "
-                                 "masked-LM predictions, or, for a teacher without an MLM head, by words from --unlabeled "
-                                 "text). The teacher labels them (soft targets only). Seeded by --seed. 0: off.")
 
 
 # ================================================================ the run
@@ -699,33 +603,6 @@ def stage_plan(c: DistillConfig, matches: list[LayerMatch]) -> list[tuple[str, i
     return [("intermediate", n), ("prediction", c.epochs - n)]
 
 
-def stage_schedule(optimizer, warmup_ratio: float, stage_steps: list[int]):
-    """Within each stage (steps in `stage_steps`): linear warmup over warmup_ratio of it, then linear decay to 0.
-    A new stage starts the schedule again, as TinyBERT's two separate runs do. One stage = `linear_schedule`."""
-    def factor(step: int) -> float:
-        start = 0
-        for i, n in enumerate(stage_steps):
-            if step < start + n or i == len(stage_steps) - 1:
-                local, warmup = step - start, int(n * warmup_ratio)
-                if local < warmup:
-                    return (local + 1) / warmup
-                return max(0.0, (n - local) / max(1, n - warmup))
-            start += n
-        return 0.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def linear_schedule(optimizer, warmup: int, total: int):
-    """Linear warmup to the peak learning rate over `warmup` steps, then linear decay to 0 at `total`."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def fit_max_length(config: DistillConfig, model_config, role: str, events: Events) -> DistillConfig:
     """Cap --max-length at what the model can read (its position embeddings), and say so."""
     limit = getattr(model_config, "max_position_embeddings", None)
@@ -734,75 +611,6 @@ def fit_max_length(config: DistillConfig, model_config, role: str, events: Event
     events.emit("warning", message=f"max_length {config.max_length} is more than the {role} reads "
                                    f"({limit} positions); using {limit}")
     return dataclasses.replace(config, max_length=limit)
-
-
-def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> list[dict]:
-    """Token ids per example, unpadded (padding happens per batch)."""
-    args = [texts] + ([pairs] if pairs is not None else [])
-    enc = tokenizer(*args, truncation=True, max_length=max_length)
-    keys = [k for k in ("input_ids", "token_type_ids") if k in enc]
-    return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
-
-
-def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, bucketing: bool) -> list[list[int]]:
-    """The batches of one epoch, a pure function of (seed, epoch): resuming recomputes the same order.
-
-    Bucketing sorts each window of 50 batches by length (little padding), then shuffles the batches.
-    This is the one place a distributed run would shard the order by rank.
-    """
-    rng = random.Random(seed * 100_003 + epoch)
-    idx = list(range(len(lengths)))
-    rng.shuffle(idx)
-    if bucketing:
-        window = batch_size * 50
-        idx = [i for w in range(0, len(idx), window) for i in sorted(idx[w:w + window], key=lengths.__getitem__)]
-    batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
-    if bucketing:
-        rng.shuffle(batches)
-    return batches
-
-
-def split_ids(ids: list[int], parts: int) -> list[list[int]]:
-    size = math.ceil(len(ids) / parts)
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
-
-
-def collate(examples: list[dict], labels: list, ids: list[int], pad_id: int, c: DistillConfig, device: str) -> dict:
-    """Pad a batch to its longest example (or to max_length when bucketing is off: the naive baseline)."""
-    width = max(len(examples[i]["input_ids"]) for i in ids) if c.length_bucketing else c.max_length
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    types = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, i in enumerate(ids):
-        n = len(examples[i]["input_ids"])
-        input_ids[row, :n] = torch.tensor(examples[i]["input_ids"])
-        mask[row, :n] = 1
-        if "token_type_ids" in examples[i]:
-            types[row, :n] = torch.tensor(examples[i]["token_type_ids"])
-    batch = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
-    is_float = any(isinstance(labels[i], float) for i in ids)
-    batch["labels"] = torch.tensor([labels[i] for i in ids], dtype=torch.float32 if is_float else torch.long)
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def mask_batch(batch: dict, tokenizer, probability: float, seed: int) -> dict:
-    """BERT masking (80% [MASK], 10% random, 10% kept) drawn from a generator seeded by `seed`
-    (not the global RNG, so a resumed run masks the same tokens). labels: the original id at
-    masked positions, -100 elsewhere."""
-    input_ids = batch["input_ids"].cpu()
-    g = torch.Generator().manual_seed(seed)
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-    candidates = batch["attention_mask"].cpu().bool() & ~torch.isin(input_ids, special)
-    chosen = (torch.rand(input_ids.shape, generator=g) < probability) & candidates
-    roll = torch.rand(input_ids.shape, generator=g)
-    random_ids = torch.randint(len(tokenizer), input_ids.shape, generator=g)
-    masked = input_ids.clone()
-    masked[chosen & (roll < 0.8)] = tokenizer.mask_token_id
-    swap = chosen & (roll >= 0.8) & (roll < 0.9)
-    masked[swap] = random_ids[swap]
-    device = batch["input_ids"].device
-    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
-    return {**batch, "input_ids": masked.to(device), "labels": labels.to(device)}
 
 
 # ---------------------------------------------------------------- teacher outputs, cached once
@@ -1050,12 +858,6 @@ def public(result: dict) -> dict:
 
 
 # ---------------------------------------------------------------- saving and checkpoints
-def save_model_folder(folder: Path, model, tokenizer) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)  # model.safetensors + config.json (id2label / label2id)
-    tokenizer.save_pretrained(folder)
-
-
 def save_checkpoint(path: Path, state: dict, student, projection, optimizer, scheduler, scaler,
                     ctx: distributed.Context | None = None) -> None:
     """Everything a resumed run needs to continue bit for bit: weights, optimizer, scheduler, RNG, position.

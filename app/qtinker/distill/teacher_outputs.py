@@ -371,7 +371,7 @@ def build_for_distill(teacher, teacher_path: str, examples: list[dict], pad_id: 
     feature KD, hidden states and Q/K of the mapped layers, keyed by teacher + data + max_length."""
     import dataclasses
 
-    from qtinker.distill.recipe import collate
+    from qtinker.data.batching import collate
 
     cls_layers = sorted({m.teacher for m in matches if m.kind == "cls"})
     hidden_layers = sorted({m.teacher for m in matches if m.kind == "hidden"})

@@ -152,7 +152,7 @@ def _load_quantized(path: Path, marker: dict, auto, device: str):
     import transformers
     from safetensors import SafetensorError, safe_open
 
-    from qtinker.quantize.recipe import state_dict_from_safetensors
+    from qtinker.quantize.serialization import state_dict_from_safetensors
 
     if marker.get("load_device") == "cuda" and not str(device).startswith("cuda"):
         raise QTinkerError(f"{path}: {marker.get('scheme')} weights load on CUDA only (TorchAO int4 packing is "
@@ -181,13 +181,20 @@ def _load_quantized(path: Path, marker: dict, auto, device: str):
 
 
 # ---------------------------------------------------------------- save (quantized)
+def save_model_folder(folder: Path, model, tokenizer) -> None:
+    """A float model folder: model.safetensors + config.json + the tokenizer (load_model reads it back)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)  # model.safetensors + config.json (id2label / label2id)
+    tokenizer.save_pretrained(folder)
+
+
 def save_quantized(model, tokenizer, folder: Path, marker: dict, quantization_config) -> Path:
     """config.json (with transformers' TorchAoConfig) + tokenizer + model.safetensors + quantization.json.
     The weights are flattened by hand (transformers' own save_pretrained refuses TorchAO tensors quantized
     outside from_pretrained), in the layout its TorchAO loader reads back."""
     from safetensors.torch import save_file
 
-    from qtinker.quantize.recipe import state_dict_to_safetensors
+    from qtinker.quantize.serialization import state_dict_to_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

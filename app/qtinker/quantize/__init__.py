@@ -6,8 +6,8 @@ formats, and ONNX Runtime (onnx).
 # Public names, imported on first use: importing one component of this package stays light and
 # never runs the whole stage (nor closes an import cycle).
 _EXPORTS = {
-    "QuantizeConfig": "qtinker.quantize.recipe",
-    "SCHEMES": "qtinker.quantize.recipe",
+    "QuantizeConfig": "qtinker.quantize.config",
+    "SCHEMES": "qtinker.quantize.config",
     "available_schemes": "qtinker.quantize.recipe",
     "quantize": "qtinker.quantize.recipe",
 }

@@ -7,27 +7,25 @@ get which TorchAO config (and which are skipped, and why) -> `quantize_` -> meas
 the same machine in the same process -> save DIR (safetensors + quantization.json) -> reload
 DIR and check the outputs match -> metrics.json + model card -> move DIR into place.
 
-This is the only module that imports torchao, always lazily (inside functions): importing it
-prints extension-loading noise on CPU-only machines and costs a second.
+torchao enters only through `serialization.import_torchao`, always lazily (inside functions): importing
+it prints extension-loading noise on CPU-only machines and costs a second.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import os
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from qtinker.core import fsutil
-from qtinker.core.config import add_arguments, from_args, option, save_config
+from qtinker.core.config import add_arguments, from_args
 from qtinker.core.errors import QTinkerError
 from qtinker.core.events import Events
 from qtinker.distill import checkpoint as resume
+from qtinker.quantize.config import HEAD_NAMES, ONNX_SCHEMES, SCHEMES, QuantizeConfig
 from qtinker.quantize.formats import verdict
 from qtinker.quantize.measure import cold_starts
 from qtinker.quantize.measure import measure_model as _measure
@@ -35,77 +33,8 @@ from qtinker.quantize.measure import output_cosine as _output_cosine
 from qtinker.quantize.measure import public as _public
 from qtinker.quantize.measure import ratios as _ratios
 from qtinker.quantize.measure import warn_on_accuracy_loss, weights_bytes  # noqa: F401  (weights_bytes: bench's import)
-
-SCHEMES = {
-    "int8-dynamic": "int8 weights and int8 activations quantized on the fly (TorchAO Int8DynamicActivationInt8WeightConfig). "
-                    "CPU and CUDA; fastest on CPU with torch.compile.",
-    "int8-weight": "int8 weights, float activations (Int8WeightOnlyConfig). CPU and CUDA; saves memory, little speedup.",
-    "int4-weight": "int4 weights in groups, bf16 activations (Int4WeightOnlyConfig). CUDA only (compute capability >= 8.0).",
-    "onnx": "ONNX Runtime float32 with BERT operator fusion; runs with onnxruntime + tokenizers + numpy, no torch. "
-            "Classifiers only.",
-    "onnx-int8": "ONNX Runtime int8 (dynamic, per-channel weights, embeddings included): fast on CPU without compiling, "
-                 "no torch needed to run it. Classifiers only.",
-}
-ONNX_SCHEMES = ("onnx", "onnx-int8")
-HEAD_NAMES = ("classifier", "qa_outputs")  # task heads: a few outputs, kept in full precision by default
-
-
-@dataclass
-class QuantizeConfig:
-    model: str = option("", "Model folder to quantize (a path, or a name in the models / outputs folder).")
-    scheme: str = option("int8-dynamic", "Quantization scheme. " + " ".join(f"{k}: {v}" for k, v in SCHEMES.items()),
-                         choices=list(SCHEMES))
-    embeddings: str = option("int8", "Embedding tables (most of a small BERT's bytes): int8 per row, or none to keep them float.",
-                             choices=["int8", "none"])
-    group_size: int = option(128, "int4-weight only: weights per scale; a layer whose input width is not divisible by it stays float.",
-                             choices=[32, 64, 128, 256])
-    quantize_head: bool = option(False, "Also quantize the task head (classifier); by default it stays float (it is tiny).")
-    out: str = option("", "Output folder (must not exist unless --overwrite).")
-    eval_data: str = option("", "Labelled CSV/TSV/JSONL for accuracy and agreement before vs after (optional).")
-    device: str = option("auto", "Where to quantize and measure: auto picks cuda when present.", choices=["auto", "cpu", "cuda"])
-    compile: bool = option(True, "Also time both models under torch.compile (TorchAO's CPU speed comes with it; adds compile time).")
-    latency_iters: int = option(10, "Timed forward passes per latency figure (after warm-up).")
-    cold_start: bool = option(True, "Also time a cold start: a fresh process loads the saved folder and predicts once "
-                                    "(a few seconds; with --compile also compiled, tens of seconds each).")
-    max_length: int = option(128, "Max tokens per example for evaluation.")
-    overwrite: bool = option(False, "Replace the output folder if it exists.")
-
-
-# ---------------------------------------------------------------- torchao's one door
-
-def import_torchao():
-    """Import torchao and check the version (its CPU-wheel extension-loading noise is filtered in
-    qtinker/__init__.py, because transformers' from_pretrained imports torchao too)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import torchao
-            import torchao.quantization  # noqa: F401
-    except ImportError as exc:
-        raise QTinkerError(f"torchao: cannot import it ({exc}); install it with `pip install torchao>=0.18`") from exc
-    major_minor = tuple(int(x) for x in torchao.__version__.split("+")[0].split(".")[:2])
-    if major_minor < (0, 18):
-        raise QTinkerError(f"torchao {torchao.__version__}: QTinker needs torchao >= 0.18; run `pip install -U torchao`")
-    return torchao
-
-
-def state_dict_to_safetensors(state_dict: dict) -> tuple[dict, dict]:
-    """TorchAO tensor subclasses -> plain tensors + JSON metadata (safetensors.save_file's input)."""
-    import_torchao()
-    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
-
-    return flatten_tensor_state_dict(state_dict)
-
-
-def state_dict_from_safetensors(tensors: dict, metadata: dict) -> dict:
-    """The twin: rebuilds the subclasses from JSON (only TorchAO's allow-listed types; no pickle)."""
-    import_torchao()
-    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
-
-    state, leftover = unflatten_tensor_state_dict(tensors, metadata)
-    if leftover:
-        raise QTinkerError(f"quantized weights: unexpected entries {sorted(leftover)[:3]}; the file is corrupt, quantize again")
-    return state
+from qtinker.quantize.output import finish_folder
+from qtinker.quantize.serialization import import_torchao
 
 
 def available_schemes() -> dict[str, str | None]:
@@ -327,7 +256,7 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     before = _measure(model, tokenizer, data, config, device, events, "before")
     before["cold_start_s"] = cold_starts(source, "torch", config, device, events, "before")
     if config.scheme in ONNX_SCHEMES:  # export, fuse, (int8), measure, save: same gate, other runtime
-        from qtinker.quantize.onnx import quantize_to_onnx
+        from qtinker.quantize.onnx_recipe import quantize_to_onnx
 
         return quantize_to_onnx(config, source, out, model, tokenizer, data, before, events)
 
@@ -384,21 +313,6 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
     events.emit("done", result={k: metrics[k] for k in ("scheme", "ratios", "output_cosine")}, out=str(out))
     return metrics
-
-
-def finish_folder(tmp: Path, out: Path, metrics: dict, config: QuantizeConfig, source: Path) -> None:
-    """metrics.json, the run config, the source's records and the model card into the checked staging
-    folder, then move it into place (a previous OUT goes only now, under --overwrite)."""
-    from qtinker.export import package as export
-
-    export.write_json(tmp / "metrics.json", metrics)
-    save_config(dataclasses.replace(config, model=str(source), out=str(out)), tmp / "quantize_config.json")
-    export.copy_source_records(source, tmp)
-    export.write_model_card(tmp)
-    (tmp / fsutil.OWNER_FILE).unlink(missing_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 def _transformers_version() -> str:

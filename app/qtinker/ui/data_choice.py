@@ -84,7 +84,7 @@ def eval_preview(choice: str, upload: str | None, eval_upload: str | None, text_
                  label_column: str = "") -> str:
     """Where the scores will come from: the evaluation file (checked against the training labels), or the
     share of the training file held out when there is none."""
-    from qtinker.distill.recipe import DistillConfig
+    from qtinker.distill.config import DistillConfig
 
     if choice == SAMPLE:
         return "Evaluation: the bundled sample's own test file."

@@ -90,7 +90,7 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
 def plan(teacher, choice, upload, eval_upload, text_column, label_column, epochs, teacher_epochs, batch_size) -> str:
     """Before Start, the run's size in steps: the teacher's fine-tuning first (when it has no task head), then
     the student's training (the same split the run makes: the holdout share is not trained on)."""
-    from qtinker.distill.recipe import DistillConfig
+    from qtinker.distill.config import DistillConfig
 
     t = common.find_model(teacher)
     try:
@@ -222,7 +222,7 @@ def restore_form():
 def field_updates() -> list:
     """Info text and defaults from DistillConfig (imported here, after launch: it imports torch)."""
     from qtinker.core.config import field_choices, field_help
-    from qtinker.distill.recipe import DistillConfig
+    from qtinker.distill.config import DistillConfig
 
     defaults = DistillConfig()
     updates = []

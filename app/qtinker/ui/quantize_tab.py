@@ -25,7 +25,8 @@ RESULT_COLUMNS = ["model", "size (MB)", "size without embeddings (MB)", "accurac
 
 def schemes_state() -> tuple:
     """(runnable schemes, schemes that cannot run here shown disabled with the reason) from qtinker.quantize.recipe."""
-    from qtinker.quantize.recipe import SCHEMES, available_schemes
+    from qtinker.quantize.config import SCHEMES
+    from qtinker.quantize.recipe import available_schemes
 
     available = available_schemes()
     ok = [(f"{s} — {SCHEMES[s].split('.')[0]}", s) for s, reason in available.items() if reason is None]
@@ -37,7 +38,7 @@ def schemes_state() -> tuple:
 
 def config_info() -> tuple:
     from qtinker.core.config import field_help
-    from qtinker.quantize.recipe import QuantizeConfig
+    from qtinker.quantize.config import QuantizeConfig
 
     return (gr.update(info=field_help(QuantizeConfig, "compile")), gr.update(info=field_help(QuantizeConfig, "embeddings")),
             gr.update(info=field_help(QuantizeConfig, "cold_start")))
