@@ -40,6 +40,17 @@ _LEGACY = (re.compile(rf"^{re.escape(TEMP_PREFIX)}"), re.compile(rf"^\..+\.{_RAN
 
 
 # ---------------------------------------------------------------- names
+def human_bytes(n: float | None) -> str:
+    """A size as people read it, in 1000-byte units: "512 B", "17.5 MB", "1.34 GB" ("?" when unknown)."""
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
 def safe_name(value, field: str = "--name") -> str:
     """`value` if it is one plain folder name, else a QTinkerError naming the value and the fix."""
     name = "" if value is None else str(value)

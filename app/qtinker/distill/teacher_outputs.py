@@ -38,7 +38,7 @@ import torch
 
 from qtinker.core import paths
 from qtinker.core.errors import QTinkerError
-from qtinker.core.fsutil import pid_alive
+from qtinker.core.fsutil import human_bytes, pid_alive
 
 FORMAT_VERSION = 1
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json",
@@ -223,13 +223,13 @@ def load_or_build(key: str, num_examples: int, specs: Sequence[OutputSpec], comp
     cache = open_cache(key, num_examples, specs)
     # Every rank must agree, or some would build (with barriers) while others wait in training.
     if not any_rank(cache is None, ctx):
-        log(f"teacher outputs: reusing the cache at {cache.folder} ({_size(cache.nbytes)})",
+        log(f"teacher outputs: reusing the cache at {cache.folder} ({human_bytes(cache.nbytes)})",
             cache=str(cache.folder), bytes=cache.nbytes, reused=True)
         return cache
 
     total = cache_bytes(num_examples, specs)
     final = root_dir() / key
-    log(f"teacher outputs: writing {_size(total)} for {num_examples} examples to {final}"
+    log(f"teacher outputs: writing {human_bytes(total)} for {num_examples} examples to {final}"
         + (f" ({describe})" if describe else ""), cache=str(final), bytes=total, reused=False)
     owner = _owner(ctx)
     tmp = root_dir() / f".tmp-{key}-{owner['host']}-{owner['pid']}-{owner['token']}"
@@ -324,16 +324,8 @@ def _check_free_space(folder: Path, needed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise QTinkerError(f"{folder}: the teacher-output cache needs {_size(needed)} but only {_size(free)} is free; "
+        raise QTinkerError(f"{folder}: the teacher-output cache needs {human_bytes(needed)} but only {human_bytes(free)} is free; "
                            "set QTINKER_CACHE_DIR to a bigger disk, cache fewer outputs, or turn the disk cache off")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 # ---------------------------------------------------------------- the distillation run's cache
@@ -387,7 +379,7 @@ def build_for_distill(teacher, teacher_path: str, examples: list[dict], pad_id: 
         if need > 0.9 * free:
             features = False
             if events and ctx.is_main:
-                events.emit("warning", message=f"teacher features need {_size(need)} on disk but {_size(free)} is free; "
+                events.emit("warning", message=f"teacher features need {human_bytes(need)} on disk but {human_bytes(free)} is free; "
                                                "caching logits only and recomputing features each step")
     specs = specs + (feature_specs if features else [])
     fingerprint = teacher_fingerprint(teacher_path) if Path(teacher_path).is_dir() else module_fingerprint(teacher)

@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from qtinker.core.errors import QTinkerError
+from qtinker.core.fsutil import human_bytes
 
 GCS_DEFAULT_BASE = "https://storage.googleapis.com"
 
@@ -141,14 +142,6 @@ def get_model(name: str) -> CatalogModel:
     raise QTinkerError(f"unknown model {name!r}: {hint}")
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.2f} {unit}" if unit == "GB" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.2f} GB"
-
-
 def catalog_rows(models_dir=None) -> list[dict]:
     """One dict per catalog model, with computed size and local presence (for CLI, UI, JSON)."""
     from qtinker.core import paths
@@ -160,7 +153,7 @@ def catalog_rows(models_dir=None) -> list[dict]:
         row.update(
             parameters=m.parameters,
             fp32_bytes=m.fp32_bytes,
-            fp32_size=_human_bytes(m.fp32_bytes),
+            fp32_size=human_bytes(m.fp32_bytes),
             embedding_share=round(m.embedding_parameters / m.parameters, 3),
             gcs_url=m.gcs_url(),
             sources=m.sources,

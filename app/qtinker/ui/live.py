@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from qtinker.core.fsutil import human_bytes
 from qtinker.jobs import Job
 
 LOSS_COLUMNS = ["step", "value", "series"]
@@ -25,16 +26,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 def log_text(job: Job | None, lines: int = 14) -> str:
     """The last lines of a job's log, without terminal colour codes."""
     return ANSI.sub("", job.log_tail(lines)) if job else ""
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def human_seconds(s: float | None) -> str:

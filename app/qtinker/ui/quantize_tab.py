@@ -12,6 +12,7 @@ import pandas as pd
 from qtinker import jobs
 from qtinker.core import paths
 from qtinker.core.errors import QTinkerError
+from qtinker.core.fsutil import human_bytes
 from qtinker.ui import common, live
 
 SAMPLE = "Bundled sample test set"
@@ -207,7 +208,7 @@ def package(model: str | None):
         path = export_zip(m.path, zip_path, overwrite=True)
     except QTinkerError as exc:
         return f"**Error:** {exc}", gr.update(visible=False)
-    return (f"Ready: `{path.name}` ({live.human_bytes(path.stat().st_size)}): the model, its tokenizer and its model card "
+    return (f"Ready: `{path.name}` ({human_bytes(path.stat().st_size)}): the model, its tokenizer and its model card "
             "(how to load it)."), gr.update(value=str(path), label=f"Download {path.name}", visible=True)
 
 
