@@ -22,9 +22,9 @@ from pathlib import Path
 from qtinker.core import paths
 from qtinker.core.errors import QTinkerError
 from qtinker.core.fsutil import safe_name, sweep_leftovers, temp_file
+from qtinker.models.tf1.convert import PROVENANCE_FILE  # written by convert/download, read here
 
 REGISTRY_FILE = "MODEL_REGISTRY.md"
-PROVENANCE_FILE = "qtinker_source.json"
 SKIP_DIRS = {"jobs", "__pycache__", "cache"}
 
 
