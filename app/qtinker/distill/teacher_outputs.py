@@ -1,4 +1,6 @@
-"""Teacher outputs computed once, kept on disk, read back memory-mapped.
+"""Teacher outputs computed once: in memory (MemoryTeacherOutputs), or kept on disk and read back
+memory-mapped (DiskTeacherOutputs over an OutputStore); the distillation loop reads either through the
+TeacherOutputs protocol.
 
 The teacher is frozen, so its outputs for a given example never change. For a corpus
 larger than memory they go to disk under paths.cache_dir()/teacher-outputs/<key>/, one
@@ -22,6 +24,7 @@ which case the first to finish wins and the others use it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,14 +34,16 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from qtinker.core import paths
 from qtinker.core.errors import QTinkerError
+from qtinker.core.events import stoppable
 from qtinker.core.fsutil import human_bytes, pid_alive
+from qtinker.data.batching import collate
 
 FORMAT_VERSION = 1
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json",
@@ -161,7 +166,7 @@ def cache_bytes(num_examples: int, specs: Iterable[OutputSpec]) -> int:
 
 # ---------------------------------------------------------------- reading
 
-class TeacherCache:
+class OutputStore:
     """A complete cache folder, memory-mapped read-only. `rows(name, indices)` -> tensor."""
 
     def __init__(self, folder: Path, meta: dict):
@@ -184,7 +189,7 @@ class TeacherCache:
         return cache_bytes(self.num_examples, self.specs)
 
 
-def open_cache(key: str, num_examples: int, specs: Sequence[OutputSpec]) -> TeacherCache | None:
+def open_cache(key: str, num_examples: int, specs: Sequence[OutputSpec]) -> OutputStore | None:
     """The finished cache with this key, or None (missing, incomplete or not matching)."""
     folder = root_dir() / key
     try:
@@ -195,7 +200,7 @@ def open_cache(key: str, num_examples: int, specs: Sequence[OutputSpec]) -> Teac
     if meta.get("format") != FORMAT_VERSION or meta.get("num_examples") != num_examples or meta.get("outputs") != expected:
         return None
     try:
-        return TeacherCache(folder, meta)
+        return OutputStore(folder, meta)
     except (OSError, ValueError):
         return None
 
@@ -207,7 +212,7 @@ ComputeRows = Callable[[list[int]], Mapping[str, torch.Tensor]]
 
 def load_or_build(key: str, num_examples: int, specs: Sequence[OutputSpec], compute: ComputeRows, *,
                   batch_size: int = 32, order: Sequence[int] | None = None, ctx=None, events=None,
-                  describe: str = "") -> TeacherCache:
+                  describe: str = "") -> OutputStore:
     """Open the cache with this key, or build it by running `compute` over all examples.
 
     compute(indices) -> {spec.name: tensor [len(indices), *spec.shape]} runs the teacher on
@@ -328,14 +333,88 @@ def _check_free_space(folder: Path, needed: int) -> None:
                            "set QTINKER_CACHE_DIR to a bigger disk, cache fewer outputs, or turn the disk cache off")
 
 
-# ---------------------------------------------------------------- the distillation run's cache
+# ---------------------------------------------------------------- the distillation run's teacher outputs
 
-class DistillTeacherOutputs:
-    """distill.TeacherCache's attributes (logits, cls, hidden, qk, padded, has_features) read
-    from a disk cache: `logits[ids]` -> [B, C], `cls[t][ids]` -> [B, D]; hidden states and Q/K
-    are stored padded to max_length (fp16, zeros on padding) and cut to the batch's width."""
+class TeacherOutputs(Protocol):
+    """What the distillation loop reads (`recipe.teacher_targets`), in memory or on disk. Indexed by example:
+    logits[ids] -> [B, C]; cls {layer: rows}; hidden {layer: per-example rows} and qk {layer: (q, k)} or None
+    when features are recomputed each step; `padded(rows, ids, width, device)` -> [B, width, D]."""
 
-    def __init__(self, cache: TeacherCache, cls_layers, hidden_layers, att_layers, features: bool):
+    logits: object
+    cls: dict
+    hidden: dict | None
+    qk: dict | None
+
+    def has_features(self) -> bool: ...
+
+    def padded(self, rows, ids: list[int], width: int, device) -> torch.Tensor: ...
+
+
+class MemoryTeacherOutputs:
+    """The teacher's outputs per training example, computed once: logits always; [CLS] vectors of the
+    mapped layers (patient); hidden states and Q/K of the mapped layers (feature) when they fit in
+    cache_max_mb (stored unpadded in fp16), else those are recomputed each step."""
+
+    def __init__(self, logits, cls, hidden, qk):
+        self.logits, self.cls, self.hidden, self.qk = logits, cls, hidden, qk
+
+    @classmethod
+    def build(cls, teacher, examples, pad_id, matches, recorder, c, device, amp_dtype, events) -> "MemoryTeacherOutputs | None":
+        if not c.cache_teacher:
+            return None
+        hidden_layers = sorted({m.teacher for m in matches if m.kind == "hidden"})
+        att_layers = sorted({m.teacher for m in matches if m.kind == "attention"})
+        cls_layers = sorted({m.teacher for m in matches if m.kind == "cls"})
+        tokens = sum(len(e["input_ids"]) for e in examples)
+        mb = tokens * teacher.config.hidden_size * (len(hidden_layers) + 2 * len(att_layers)) * 2 / 2**20
+        features = mb <= c.cache_max_mb
+        if not features:
+            events.emit("warning", message=f"teacher features need {mb:.0f} MB (> --cache-max-mb {c.cache_max_mb}); "
+                                           "recomputing them each step (logits stay cached)")
+        n = len(examples)
+        logits = [None] * n
+        cls_vecs = [None] * n
+        hidden = {t: [None] * n for t in hidden_layers} if features else None
+        qk = {t: ([None] * n, [None] * n) for t in att_layers} if features else None
+        order = sorted(range(n), key=lambda i: len(examples[i]["input_ids"]))
+        labels = [0] * n
+        with torch.inference_mode():
+            for start in stoppable(range(0, n, 64), events, "stopped while caching the teacher's outputs"):
+                ids = order[start:start + 64]
+                batch = collate(examples, labels, ids, pad_id, dataclasses.replace(c, length_bucketing=True), device)
+                with torch.autocast(device.split(":")[0], dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  token_type_ids=batch["token_type_ids"], output_hidden_states=bool(hidden_layers or cls_layers))
+                for row, i in enumerate(ids):
+                    length = len(examples[i]["input_ids"])
+                    logits[i] = out.logits[row].float().cpu()
+                    if cls_layers:
+                        cls_vecs[i] = torch.stack([out.hidden_states[t][row, 0].float().cpu() for t in cls_layers])
+                    if features:
+                        for t in hidden_layers:
+                            hidden[t][i] = out.hidden_states[t][row, :length].half().cpu()
+                        for t in att_layers:
+                            q, k = recorder.qk(t)
+                            qk[t][0][i], qk[t][1][i] = q[row, :length].half().cpu(), k[row, :length].half().cpu()
+        events.log(f"teacher outputs cached for {n} examples" + (f" (+ features, {mb:.0f} MB)" if features and mb else ""))
+        return cls(torch.stack(logits), dict(zip(cls_layers, torch.stack(cls_vecs).unbind(1))) if cls_layers else {},
+                   hidden, qk)
+
+    def has_features(self) -> bool:
+        return self.hidden is not None
+
+    def padded(self, per_example: list[torch.Tensor], ids: list[int], width: int, device) -> torch.Tensor:
+        x = torch.zeros((len(ids), width, per_example[ids[0]].shape[-1]), dtype=torch.float32)
+        for row, i in enumerate(ids):
+            x[row, :per_example[i].shape[0]] = per_example[i].float()
+        return x.to(device)
+
+
+class DiskTeacherOutputs:
+    """TeacherOutputs read from a disk cache (`--disk-cache`): `logits[ids]` -> [B, C], `cls[t][ids]` -> [B, D];
+    hidden states and Q/K are stored padded to max_length (fp16, zeros on padding) and cut to the batch's width."""
+
+    def __init__(self, cache: OutputStore, cls_layers, hidden_layers, att_layers, features: bool):
         self.cache = cache
         self.logits = _Rows(cache, "logits")
         self.cls = {t: _Rows(cache, f"cls_{t}") for t in cls_layers}
@@ -350,7 +429,7 @@ class DistillTeacherOutputs:
 
 
 class _Rows:
-    def __init__(self, cache: TeacherCache, name: str):
+    def __init__(self, cache: OutputStore, name: str):
         self.cache, self.name = cache, name
 
     def __getitem__(self, ids) -> torch.Tensor:
@@ -358,13 +437,9 @@ class _Rows:
 
 
 def build_for_distill(teacher, teacher_path: str, examples: list[dict], pad_id: int, matches, recorder, c, device: str,
-                      amp_dtype, events, ctx) -> DistillTeacherOutputs:
+                      amp_dtype, events, ctx) -> DiskTeacherOutputs:
     """The run's teacher outputs (`--disk-cache`): logits, [CLS] vectors of the mapped layers and, for
     feature KD, hidden states and Q/K of the mapped layers, keyed by teacher + data + max_length."""
-    import dataclasses
-
-    from qtinker.data.batching import collate
-
     cls_layers = sorted({m.teacher for m in matches if m.kind == "cls"})
     hidden_layers = sorted({m.teacher for m in matches if m.kind == "hidden"})
     att_layers = sorted({m.teacher for m in matches if m.kind == "attention"})
@@ -412,4 +487,4 @@ def build_for_distill(teacher, teacher_path: str, examples: list[dict], pad_id: 
     order = sorted(range(n), key=lambda i: len(examples[i]["input_ids"]))
     cache = load_or_build(key, n, specs, compute, batch_size=64, order=order, ctx=ctx, events=events,
                           describe=", ".join(s.name for s in specs))
-    return DistillTeacherOutputs(cache, cls_layers, hidden_layers, att_layers, features)
+    return DiskTeacherOutputs(cache, cls_layers, hidden_layers, att_layers, features)
