@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -49,6 +50,13 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.2f} GB"
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a failed write failed because the disk (or the quota) is full. torch.save reports it as a
+    RuntimeError ("file write failed" / "unexpected pos"), not ENOSPC."""
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return full or (isinstance(exc, RuntimeError) and ("write failed" in str(exc) or "unexpected pos" in str(exc)))
 
 
 def safe_name(value, field: str = "--name") -> str:

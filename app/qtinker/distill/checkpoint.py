@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import shutil
 from pathlib import Path
 
+from qtinker.core import fsutil
 from qtinker.core.errors import QTinkerError
 
 FINGERPRINT = "fingerprint.json"
@@ -126,9 +126,7 @@ def disk_full_error(exc: BaseException, folder: Path) -> QTinkerError | None:
     """One line for a write that failed because the disk is full, else None (a real bug keeps its traceback).
 
     torch.save reports a full disk as a RuntimeError ("file write failed" / "unexpected pos"), not ENOSPC."""
-    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    torch_write = isinstance(exc, RuntimeError) and ("write failed" in str(exc) or "unexpected pos" in str(exc))
-    if not (full or torch_write):
+    if not fsutil.disk_full(exc):
         return None
     where = Path(getattr(exc, "filename", None) or folder)
     probe = next((p for p in (where, *where.parents) if p.exists()), Path("."))

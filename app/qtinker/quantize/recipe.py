@@ -24,7 +24,6 @@ from qtinker.core import fsutil
 from qtinker.core.config import add_arguments, from_args
 from qtinker.core.errors import QTinkerError
 from qtinker.core.events import Events
-from qtinker.distill import checkpoint as resume
 from qtinker.quantize.config import HEAD_NAMES, ONNX_SCHEMES, SCHEMES, QuantizeConfig
 from qtinker.quantize.formats import verdict
 from qtinker.quantize.measure import cold_starts
@@ -200,7 +199,7 @@ def quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     except QTinkerError:
         raise
     except Exception as exc:  # OSError, or a library's own error type around ENOSPC (safetensors, torch.save)
-        if resume.disk_full_error(exc, Path(config.out)) is None and not _says_disk_full(exc):
+        if not fsutil.disk_full(exc) and not _says_disk_full(exc):
             raise
         out = Path(config.out).expanduser().resolve()
         free = shutil.disk_usage(next(p for p in out.parents if p.exists())).free / 2**20
