@@ -7,6 +7,19 @@ Every capability is usable from Python without the UI.
 __version__ = "0.1.0"
 
 
+def _lazy_exports(package: str, exports: dict[str, str]):
+    """A stage package's `__getattr__` (PEP 562): each public name is imported from its module on first use,
+    so importing one component never runs the whole stage, nor closes an import cycle."""
+    def __getattr__(name: str):
+        if name in exports:
+            import importlib
+
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 def load(path, device="cpu"):
     """Load a model folder written by QTinker (float or quantized) in a fresh process.
 

@@ -1,10 +1,9 @@
-"""Files -> examples -> batches (loaders), and the bundled sample dataset (bundled/).
+"""Files -> examples (loaders) -> padded batches (batching), and the bundled sample dataset (bundled/).
 """
 
+from qtinker import _lazy_exports
 
-# Public names, imported on first use: importing one component of this package stays light and
-# never runs the whole stage (nor closes an import cycle).
-_EXPORTS = {
+_EXPORTS = {  # public name -> its module, imported on first use
     "LabelledData": "qtinker.data.loaders",
     "load_eval": "qtinker.data.loaders",
     "load_labelled": "qtinker.data.loaders",
@@ -15,10 +14,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy_exports(__name__, _EXPORTS)

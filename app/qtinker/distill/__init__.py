@@ -1,21 +1,14 @@
-"""Distillation: the run (recipe), and its components: losses, layer matches, augmentation,
-teacher outputs, teacher fine-tuning, checkpoints and multi-process runs.
+"""Distillation: the run (recipe) and its config, and its components: losses, layer matches, schedules,
+augmentation, teacher outputs, teacher fine-tuning, checkpoints and multi-process runs.
 """
 
+from qtinker import _lazy_exports
 
-# Public names, imported on first use: importing one component of this package stays light and
-# never runs the whole stage (nor closes an import cycle).
-_EXPORTS = {
+_EXPORTS = {  # public name -> its module, imported on first use
     "DistillConfig": "qtinker.distill.config",
     "distill": "qtinker.distill.recipe",
     "fine_tune_teacher": "qtinker.distill.finetune",
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy_exports(__name__, _EXPORTS)

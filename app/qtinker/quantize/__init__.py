@@ -1,11 +1,11 @@
-"""Quantization: the run (recipe), measuring before and after (measure, latency), comparing
-formats, and ONNX Runtime (onnx).
+"""Quantization: the TorchAO run (recipe) and the ONNX Runtime run (onnx_recipe), their config and
+schemes, TorchAO's door and (de)serialization (serialization), ONNX export and sessions (onnx), measuring
+before and after (measure, latency), comparing formats, and the finished folder (output).
 """
 
+from qtinker import _lazy_exports
 
-# Public names, imported on first use: importing one component of this package stays light and
-# never runs the whole stage (nor closes an import cycle).
-_EXPORTS = {
+_EXPORTS = {  # public name -> its module, imported on first use
     "QuantizeConfig": "qtinker.quantize.config",
     "SCHEMES": "qtinker.quantize.config",
     "available_schemes": "qtinker.quantize.recipe",
@@ -13,10 +13,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy_exports(__name__, _EXPORTS)

@@ -1,6 +1,6 @@
 """Measure one model the same way before and after quantization: size, accuracy, latency.
 
-A model here is a torch module (float or TorchAO-quantized) or an `onnx_export.OnnxClassifier`
+A model here is a torch module (float or TorchAO-quantized) or a `quantize.onnx.OnnxClassifier`
 (an ONNX Runtime session with the same call shape); both are evaluated and timed by the same code.
 """
 
