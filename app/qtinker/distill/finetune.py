@@ -21,7 +21,11 @@ import torch
 
 from qtinker.core import paths
 from qtinker.core.events import Events, Stopped
+from qtinker.data.batching import batch_order, collate, encode
 from qtinker.distill import losses
+from qtinker.distill.config import DistillConfig
+from qtinker.distill.schedule import linear_schedule
+from qtinker.export.package import save_model_folder
 from qtinker.models import students as st
 
 
@@ -32,11 +36,6 @@ def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs:
 
     Default `out`: outputs_dir()/teachers/<teacher-name>-<hash of teacher, data and settings>/.
     Raises events.Stopped (after saving a checkpoint) when a stop is requested."""
-    from qtinker.data.batching import batch_order, collate, encode
-    from qtinker.distill.config import DistillConfig
-    from qtinker.distill.schedule import linear_schedule
-    from qtinker.export.package import save_model_folder
-
     events = events or Events(echo=False)
     teacher_path = st.resolve_model(teacher, "teacher")
     key = hashlib.sha256(json.dumps([str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,

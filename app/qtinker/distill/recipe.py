@@ -51,7 +51,7 @@ from qtinker.distill.finetune import fine_tune_teacher
 from qtinker.distill.layers import (AttentionScores, HiddenProjection, LayerMatch, custom_map, describe_map, last_map,
                                     pkd_map, qk_scores, uniform_map)
 from qtinker.distill.schedule import stage_schedule
-from qtinker.distill.teacher_outputs import MemoryTeacherOutputs, TeacherOutputs
+from qtinker.distill.teacher_outputs import MemoryTeacherOutputs, TeacherOutputs, build_for_distill
 from qtinker.export.package import save_model_folder
 from qtinker.models import students as st
 
@@ -196,8 +196,6 @@ def _distill(config: DistillConfig, events: Events) -> dict:
     if mlm:
         cache = None
     elif config.disk_cache:  # memory-mapped files, written once (split across this machine's processes)
-        from qtinker.distill.teacher_outputs import build_for_distill
-
         cache = build_for_distill(teacher, teacher_path, examples, tokenizer.pad_token_id, matches, teacher_scores,
                                   config, device, amp_dtype, stage_events, ctx)
     else:

@@ -3,29 +3,26 @@ measurement as the TorchAO schemes (qtinker.quantize.recipe)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
+import transformers
 
+from qtinker.core import fsutil
 from qtinker.core.errors import QTinkerError
+from qtinker.export import package as export
+from qtinker.quantize.config import SCHEMES
+from qtinker.quantize.measure import cold_starts, measure_model, output_cosine, public, ratios, warn_on_accuracy_loss
 from qtinker.quantize.onnx import (ONNX_FILE, OPSET, OnnxClassifier, export_onnx, fuse, import_onnxruntime,
                                    quantize_int8)
+from qtinker.quantize.output import finish_folder
 
 
 def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, before: dict, events) -> dict:
     """Export -> fuse -> (int8) -> measure on the same data as `before` -> save the folder in a staging
     dir -> reopen it in a new session and check it matches -> metrics.json + card -> move into place."""
-    import os
-    import shutil
-
-    import transformers
-
-    from qtinker.core import fsutil
-    from qtinker.export import package as export
-    from qtinker.quantize.measure import cold_starts, measure_model, output_cosine, public, ratios, warn_on_accuracy_loss
-    from qtinker.quantize.config import SCHEMES
-    from qtinker.quantize.output import finish_folder
-
     ort = import_onnxruntime()
     int8 = config.scheme == "onnx-int8"
     hf = model.config
