@@ -56,7 +56,8 @@ def test_quantized_zip_card_snippet_runs(tiny_bert, tmp_path):
     (source / "metrics.json").write_text(json.dumps({"method": "logit", "teacher_metrics": {"accuracy": 0.8},
                                                      "student_metrics": {"accuracy": 0.75}, "retention": 0.9375}))
     out = tmp_path / "outputs" / "student-int8"
-    metrics = quantize(QuantizeConfig(model=str(source), out=str(out), compile=False, latency_iters=1))
+    metrics = quantize(QuantizeConfig(model=str(source), out=str(out), compile=False, latency_iters=1,
+                                      cold_start=False))
     card = (out / "README.md").read_text()
     assert "AutoModelForSequenceClassification.from_pretrained(folder)" in card  # plain transformers, first
     assert "torch._inductor.config.freezing = True" in card

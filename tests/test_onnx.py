@@ -102,7 +102,8 @@ def test_qtinker_load_opens_an_onnx_folder(tiny_bert, tmp_path):
     from qtinker.quantize.onnx import OnnxClassifier
 
     source = tiny_bert(num_labels=2)
-    quantize(QuantizeConfig(model=str(source), scheme="onnx-int8", out=str(tmp_path / "o"), compile=False, latency_iters=1))
+    quantize(QuantizeConfig(model=str(source), scheme="onnx-int8", out=str(tmp_path / "o"), compile=False, latency_iters=1,
+                            cold_start=False))
     model, tokenizer = qtinker.load(tmp_path / "o")
     assert isinstance(model, OnnxClassifier)
     logits = model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
@@ -142,7 +143,8 @@ def test_minilm_onnx_int8_keeps_accuracy_on_the_bundled_test_set(minilm_classifi
 
     out = tmp_path / "minilm-onnx-int8"
     metrics = quantize(QuantizeConfig(model=str(minilm_classifier), scheme="onnx-int8", out=str(out),
-                                      eval_data=str(sample_eval_path()), compile=False, latency_iters=2))
+                                      eval_data=str(sample_eval_path()), compile=False, latency_iters=2,
+                                      cold_start=False))
     assert metrics["fused_operators"]["Attention"] == 6
     assert metrics["ratios"]["accuracy_change_points"] >= -0.5 and metrics["ratios"]["size"] <= 0.26
     data = load_labelled(sample_eval_path())

@@ -227,7 +227,8 @@ def test_distill_quantize_export_through_the_api(client, teacher, tmp_path):
     assert out.name == "api-student" and (out / "metrics.json").exists()
 
     text = client.predict(model="api-student", schemes=["int8-dynamic", "int8-weight"], eval_choice="Upload a file",
-                          upload=data, compile_=False, embeddings="int8", api_name="/quantize_start")
+                          upload=data, compile_=False, embeddings="int8", cold_start=False,
+                          api_name="/quantize_start")
     ids = re.findall(r"job `([^`]+)`", text)
     assert len(ids) == 2 and "(queued)" in text  # one device: the second scheme waits its turn
     for job_id in ids:
