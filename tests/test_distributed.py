@@ -109,6 +109,11 @@ def test_collectives_under_torchrun(tmp_path):
     script = tmp_path / "collectives.py"
     script.write_text(_COLLECTIVES)
     proc = torchrun([str(script), str(tmp_path)])
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr \
+            and all((tmp_path / f"rank{r}.json").exists() for r in (0, 1)):
+        # seen about once in 15 runs under pytest: a rank aborts in gloo's teardown after every collective
+        # finished and its results were written; run once more so the test judges the collectives
+        proc = torchrun([str(script), str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert (r0["world"], r0["backend"], r0["main"], r1["main"]) == (2, "gloo", True, False)
