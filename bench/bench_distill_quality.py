@@ -2,6 +2,7 @@
 
     python bench/bench_distill_quality.py [--teacher DIR] [--train-examples 0] [--eval-examples 0] [--epochs 3]
                                           [--layers 2,1] [--methods logit,patient,feature] [--augment 0]
+                                          [--keep DIR]
 
 For each student depth (layers kept from the teacher, `--student-from-teacher`): a labels-only student
 (kd_weight 0) and one student per KD method, all with QTinker's defaults except the budget flags here
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--methods", default="logit,patient,feature")
     parser.add_argument("--augment", type=float, default=0.0, help="also run each method with this augmentation")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--keep", default="", help="keep the students in this folder (default: a temporary one)")
     args = parser.parse_args()
 
     tmp = tempfile.TemporaryDirectory()
@@ -88,7 +90,7 @@ def main() -> None:
     for layers in [int(x) for x in args.layers.split(",")]:
         for name, extra in runs:
             start = time.perf_counter()
-            m = distill(DistillConfig(out=os.path.join(tmp.name, f"{layers}-{name}"), student_from_teacher=layers,
+            m = distill(DistillConfig(out=os.path.join(args.keep or tmp.name, f"{layers}-{name}"), student_from_teacher=layers,
                                       **{**common, **extra}), Events(echo=False))
             m["wall_s"] = time.perf_counter() - start
             results[(layers, name)] = m
