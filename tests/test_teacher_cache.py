@@ -128,8 +128,9 @@ def test_parallel_runs_building_the_same_cache_do_not_clobber_each_other():
 
 def test_leftovers_of_killed_runs_are_swept_live_ones_kept():
     from qtinker.distill.distributed import Context
+    from qtinker.distill.teacher_outputs.store import _owner
 
-    a, b = tc._owner(Context()), tc._owner(Context())
+    a, b = _owner(Context()), _owner(Context())
     assert a["pid"] == b["pid"] == os.getpid() and a["token"] != b["token"]
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -41,7 +41,7 @@ def checkpoint_left(out: str | Path) -> Path | None:
 # ---------------------------------------------------------------- the fingerprint
 def fingerprint(config) -> dict:
     """{field: value} of every result-changing setting; data files and models by content, not by path."""
-    from qtinker.distill.teacher_outputs import hash_file
+    from qtinker.distill.teacher_outputs.key import hash_file
 
     result = {}
     for f in dataclasses.fields(config):
@@ -58,7 +58,7 @@ def fingerprint(config) -> dict:
 
 def _model_identity(name: str, field: str) -> str:
     """A local folder by the hash of its weights and config.json; a Hub id by its name."""
-    from qtinker.distill.teacher_outputs import teacher_fingerprint
+    from qtinker.distill.teacher_outputs.key import teacher_fingerprint
     from qtinker.models.students import resolve_model
 
     path = resolve_model(name, field)
