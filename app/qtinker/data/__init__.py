@@ -1,4 +1,5 @@
-"""Files -> examples (loaders) -> padded batches (batching), and the bundled sample dataset (bundled/).
+"""Files -> rows (files) -> examples (loaders, choosing columns with columns) -> padded batches (batching),
+and the bundled sample dataset (bundled/).
 """
 
 from qtinker import _lazy_exports

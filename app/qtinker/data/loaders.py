@@ -1,7 +1,7 @@
 """Files -> examples -> batches: labelled task data and unlabelled text. Nothing about models.
 
-Labelled data is CSV / TSV / JSONL with a header: a text column (or a text pair such as
-sentence1/sentence2) and a label column, found by name and overridable. Labels become either
+Labelled data is CSV / TSV / JSONL with a header (read by files.py): a text column (or a text pair such as
+sentence1/sentence2) and a label column, found by name and overridable (columns.py). Labels become either
 class indices into `label_names` (classification, any number of classes) or floats (regression).
 Every problem a user can fix raises QTinkerError naming the file, the line as an editor shows it
 (1-based, header included) and the fix.
@@ -9,9 +9,6 @@ Every problem a user can fix raises QTinkerError naming the file, the line as an
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,15 +16,10 @@ from typing import Any, Iterator
 
 from qtinker.core.errors import QTinkerError
 from qtinker.core.paths import bundled_data_dir
+from qtinker.data.columns import detect_columns, names_list
+from qtinker.data.files import file_format, read_rows, read_text
 
-# Column names recognised without flags, most specific first (compared lower-cased).
-TEXT_NAMES = ("text", "sentence", "review", "content", "document", "comment", "body", "utterance", "question")
-PAIR_NAMES = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
-              ("question1", "question2"), ("text_a", "text_b"), ("text", "text_pair"), ("query", "passage"))
-LABEL_NAMES = ("label", "labels", "target", "class", "score", "category", "sentiment", "y")
 TASKS = ("classification", "regression")
-TEXT_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-                   ".json": "jsonl", ".txt": "txt"}
 
 
 @dataclass
@@ -88,198 +80,6 @@ class LabelledData:
         for y in self.labels if self.task == "classification" else []:
             counts[self.label_names[y]] += 1
         return counts
-
-
-# ---------------------------------------------------------------- reading rows
-def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise QTinkerError(f"{path}: no such file; check the path (relative paths start from {Path.cwd()})")
-    if path.is_dir():
-        raise QTinkerError(f"{path}: is a folder; pass a .csv, .tsv, .jsonl or .txt file")
-    if path.suffix.lower() in (".xlsx", ".xls", ".ods", ".parquet", ".arrow", ".zip", ".gz"):
-        raise QTinkerError(f"{path}: {path.suffix} files are not read directly; save or export the table as "
-                           "CSV (UTF-8) with a header row, e.g. text,label")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        column = len(raw[raw.rfind(b"\n", 0, exc.start) + 1: exc.start].decode("utf-8", errors="replace")) + 1
-        raise QTinkerError(
-            f"{path}: line {line}, character {column}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at file offset "
-            f"{exc.start}); "
-            "save the file as UTF-8 (in a spreadsheet: 'CSV UTF-8'; or `iconv -f latin1 -t utf-8 in.csv > out.csv`)") from None
-    if not text.strip():
-        raise QTinkerError(f"{path}: the file is empty; it needs a header row and at least one example")
-    return text
-
-
-def _file_format(path: Path, text: str) -> str:
-    fmt = TEXT_EXTENSIONS.get(path.suffix.lower())
-    if fmt:
-        return fmt
-    first = text.lstrip()[:1]
-    head = text.split("\n", 1)[0]
-    return "jsonl" if first == "{" else "tsv" if "\t" in head else "csv"
-
-
-def read_rows(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, str]]], str]:
-    """(columns, [(line, row)], format) of a CSV / TSV / JSONL file; blank lines are skipped."""
-    path = Path(path)
-    text = _read_text(path)
-    fmt = _file_format(path, text)
-    if fmt == "txt":
-        raise QTinkerError(f"{path}: a .txt file has no columns or labels; use it as unlabelled text "
-                           "(--unlabeled), or give labelled data as .csv / .tsv / .jsonl with a header")
-    if fmt == "jsonl":
-        return _read_jsonl(path, text)
-    # TSV follows the GLUE convention: tabs separate, quotes are ordinary characters. A CSV whose
-    # header has semicolons and no commas came from a spreadsheet in a decimal-comma locale.
-    header = text.lstrip("\r\n").split("\n", 1)[0]
-    delimiter = "\t" if fmt == "tsv" else ";" if ";" in header and "," not in header else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
-                        quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
-    rows, columns, last = [], None, 0
-    try:
-        for record in reader:
-            line, last = last + 1, reader.line_num
-            if not record or all(not c.strip() for c in record):
-                continue
-            if columns is None:
-                columns = [c.strip() for c in record]
-                _check_header(path, columns)
-                continue
-            if len(record) < len(columns) and fmt == "csv" and any("\n" in f for f in record):
-                raise QTinkerError(f"{path}: line {line}: a double quote opened on this line is not closed, so the "
-                                   "rows after it became part of its text; close it (inside quoted text write a quote as \"\")")
-            if len(record) != len(columns):
-                hint = ("put text containing commas in double quotes" if fmt == "csv"
-                        else "remove stray tabs inside the text")
-                raise QTinkerError(f"{path}: line {line}: {len(record)} field(s) but the header has {len(columns)} "
-                                   f"({', '.join(columns)}); {hint}")
-            rows.append((line, dict(zip(columns, record))))
-    except csv.Error as exc:
-        raise QTinkerError(f"{path}: line {reader.line_num}: {exc}; check the quoting on that line") from None
-    if not rows:
-        raise QTinkerError(f"{path}: only a header row ({', '.join(columns or [])}); add at least one example below it")
-    return columns, rows, fmt
-
-
-def _check_header(path: Path, columns: list[str]) -> None:
-    seen = set()
-    for c in columns:
-        if not c:
-            raise QTinkerError(f"{path}: line 1: the header has an empty column name ({columns}); "
-                               "the first row must name every column, e.g. text,label")
-        if c.lower() in seen:
-            raise QTinkerError(f"{path}: line 1: column '{c}' appears twice in the header; rename one of them")
-        seen.add(c.lower())
-
-
-def _json_objects(path: Path, text: str) -> list[tuple[int, Any]]:
-    """[(line, value)] of a JSONL file, or of a .json file holding one list of objects."""
-    fix = "each line must be one JSON object such as {\"text\": \"...\", \"label\": \"pos\"}"
-    try:
-        if not text.lstrip().startswith("["):
-            out = []
-            for n, line in enumerate(text.splitlines(), start=1):
-                if line.strip():
-                    out.append((n, json.loads(line)))
-            return out
-        decoder, pos, line, seen, out = json.JSONDecoder(), text.index("[") + 1, 1, 0, []
-        while True:
-            while pos < len(text) and text[pos] in " \t\r\n,":
-                pos += 1
-            if pos >= len(text) or text[pos] == "]":
-                return out
-            line, seen = line + text.count("\n", seen, pos), pos
-            value, pos = decoder.raw_decode(text, pos)
-            out.append((line, value))
-    except json.JSONDecodeError as exc:
-        where = n if not text.lstrip().startswith("[") else exc.lineno
-        raise QTinkerError(f"{path}: line {where}: invalid JSON ({exc.msg} at column {exc.colno}); {fix}") from None
-
-
-def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict[str, str]]], str]:
-    columns: list[str] = []
-    rows = []
-    for n, item in _json_objects(path, text):
-        if not isinstance(item, dict):
-            raise QTinkerError(f"{path}: line {n}: expected a JSON object like {{\"text\": ..., \"label\": ...}}, "
-                               f"got {type(item).__name__}")
-        columns += [key for key in item if key not in columns]
-        rows.append((n, {k: "" if v is None else v if isinstance(v, str) else json.dumps(v) for k, v in item.items()}))
-    if not rows:
-        raise QTinkerError(f"{path}: no JSON objects found; write one object per line")
-    return columns, rows, "jsonl"
-
-
-# ---------------------------------------------------------------- choosing columns
-def names_list(names: list[str], limit: int = 12) -> str:
-    """'a, b, c' for messages; long lists are cut ('…and 88 more')."""
-    shown = ", ".join(str(n) for n in names[:limit])
-    return shown + (f", …and {len(names) - limit} more" if len(names) > limit else "")
-
-
-class ColumnChoice(QTinkerError):
-    """The `role` column ("text", "label") is missing or ambiguous in a file's header: the message names the CLI
-    flag; `columns` (all of the header) and `candidates` (the ambiguous ones) let a UI offer a picker instead."""
-
-    def __init__(self, message: str, role: str, columns: list[str], candidates: list[str] | None = None):
-        super().__init__(message)
-        self.role, self.columns, self.candidates = role, list(columns), list(candidates or [])
-
-
-def _pick(path: Path, columns: list[str], wanted: str | None, names: tuple[str, ...], role: str, flag: str,
-          taken: tuple[str | None, ...] = ()) -> str | None:
-    lower = {c.lower(): c for c in columns}
-    if wanted is not None:
-        if wanted in columns:
-            return wanted
-        if wanted.lower() in lower:
-            return lower[wanted.lower()]
-        raise QTinkerError(f"{path}: no column '{wanted}' (given by {flag}); columns found: {names_list(columns, 30)}")
-    hits = [lower[n] for n in names if n in lower and lower[n] not in taken]
-    if len(hits) > 1:
-        raise ColumnChoice(f"{path}: several columns could be the {role} ({', '.join(hits)}); choose one with "
-                           f"{flag} NAME (columns found: {names_list(columns, 30)})", role, columns, hits)
-    return hits[0] if hits else None
-
-
-def detect_columns(path: Path, columns: list[str], text_column=None, text_pair_column=None, label_column=None,
-                   need_label: bool = True) -> dict[str, str]:
-    """{"text": ..., "text_pair": ... (if any), "label": ... (if need_label)} for a header."""
-    found = names_list(columns, 30)
-    label = _pick(path, columns, label_column, LABEL_NAMES, "label", "--label-column") if need_label else None
-    pair = None
-    if text_column is None and text_pair_column is None:
-        lower = {c.lower(): c for c in columns}
-        for a, b in PAIR_NAMES:
-            if a in lower and b in lower:
-                text, pair = lower[a], lower[b]
-                break
-        else:
-            text = _pick(path, columns, None, TEXT_NAMES, "text", "--text-column", taken=(label,))
-    else:
-        text = _pick(path, columns, text_column, TEXT_NAMES, "text", "--text-column", taken=(label,))
-        if text_pair_column is not None:
-            pair = _pick(path, columns, text_pair_column, (), "second text", "--text-pair-column")
-    rest = [c for c in columns if c not in (text, pair, label)]
-    # Two columns with a recognised label: the other one is the text. (Never the reverse: any column can
-    # look like a label, and a wrong one silently trains on nonsense.)
-    if len(columns) == 2 and need_label and text is None and label is not None:
-        text = rest[0]
-    if text is None:
-        raise ColumnChoice(f"{path}: no text column found (columns found: {found}); name it 'text' or pass "
-                           "--text-column NAME (and --text-pair-column NAME for sentence pairs); the first row "
-                           "must be a header naming the columns", "text", columns)
-    if need_label and label is None:
-        raise ColumnChoice(f"{path}: no label column found (columns found: {found}); name it 'label' or pass "
-                           "--label-column NAME (text without labels goes in --unlabeled)", "label", columns)
-    if need_label and label in (text, pair):
-        raise QTinkerError(f"{path}: column '{label}' cannot be both the text and the label; "
-                           f"choose different --text-column / --label-column (columns found: {found})")
-    return {"text": text, **({"text_pair": pair} if pair else {}), **({"label": label} if need_label else {})}
 
 
 # ---------------------------------------------------------------- labelled data
@@ -392,8 +192,8 @@ def split_holdout(data: LabelledData, fraction: float, seed: int = 0) -> tuple[L
 def load_unlabelled(path: str | Path, text_column: str | None = None) -> list[str]:
     """TXT: one example per non-blank line. CSV / TSV / JSONL: the text column (labels ignored)."""
     path = Path(path)
-    text = _read_text(path)
-    if _file_format(path, text) == "txt" and text_column is None:
+    text = read_text(path)
+    if file_format(path, text) == "txt" and text_column is None:
         return [line.strip() for line in text.splitlines() if line.strip()]
     columns, rows, _ = read_rows(path)
     if len(columns) == 1 and text_column is None:  # a single column is the text, whatever its name

@@ -33,7 +33,7 @@ def eval_path(choice: str, eval_upload: str | None) -> str | None:
 def page_message(exc: QTinkerError, *uploads: str | None) -> str:
     """A library error as the page says it: each upload's temporary path (/tmp/gradio/<hash>/x.csv) shown as its
     own name, and a missing or ambiguous column pointing at the page's picker rather than a CLI flag."""
-    from qtinker.data.loaders import ColumnChoice, names_list
+    from qtinker.data.columns import ColumnChoice, names_list
 
     text = str(exc)
     if isinstance(exc, ColumnChoice):
@@ -109,7 +109,7 @@ def column_choices(choice: str, upload: str | None, text_column: str = "", label
     a pick that is a column of the new file stays (e.g. set with the file when a running job's form comes back)."""
     import gradio as gr
 
-    from qtinker.data.loaders import read_rows
+    from qtinker.data.files import read_rows
 
     columns: list[str] = []
     if choice == UPLOAD and upload and Path(upload).suffix.lower() != ".txt":
