@@ -28,7 +28,8 @@ def start_args(**changes) -> dict:
     args = dict(teacher="bare", student=FROM_TEACHER, n_layers=1, custom="", choice=SAMPLE, upload=None, method="logit",
                 temperature=2.0, alpha=0.5, beta=1.0, layer_map="auto", hidden_weight=1.0, attention_weight=1.0,
                 embedding_weight=1.0, epochs=1, batch_size=8, lr=1e-3, max_length=32, out_name="", gpus=1,
-                teacher_epochs=3, eval_upload=None, text_column="", label_column="")
+                teacher_epochs=3, eval_upload=None, text_column="", label_column="", balance_losses=True,
+                balance_batches=10, schedule="auto", intermediate_epochs=0, augment=0.0, unlabeled_upload=None)
     return {**args, **changes}
 
 

@@ -21,22 +21,24 @@ METHOD_FIELDS = {"logit": ("temperature", "alpha"), "patient": ("beta", "layer_m
                  "feature": ("hidden_weight", "attention_weight", "embedding_weight", "layer_map")}
 COMMON_FIELDS = ("method", "temperature", "alpha", "beta", "layer_map", "hidden_weight", "attention_weight",
                  "embedding_weight", "epochs", "batch_size", "lr", "max_length", "teacher_epochs", "student_from_teacher",
-                 "student_config")
+                 "student_config", "balance_losses", "balance_batches", "schedule", "intermediate_epochs", "augment")
 
 
 # the form's inputs, in the order restore_form() fills them
 FORM_FIELDS = ("teacher", "student", "n_layers", "custom", "choice", "upload", "eval_upload", "text_column",
                "label_column", "method", "temperature", "alpha", "beta", "layer_map", "hidden_weight",
                "attention_weight", "embedding_weight", "epochs", "batch_size", "lr", "max_length", "teacher_epochs",
-               "out_name")
+               "out_name", "balance_losses", "balance_batches", "schedule", "intermediate_epochs", "augment",
+               "unlabeled_upload")
 
 
 def start(teacher, student, n_layers, custom, choice, upload, method, temperature, alpha, beta, layer_map,
           hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr, max_length, out_name, gpus=1,
-          teacher_epochs=3, eval_upload=None, text_column="", label_column="") -> str:
+          teacher_epochs=3, eval_upload=None, text_column="", label_column="", balance_losses=True, balance_batches=10,
+          schedule="auto", intermediate_epochs=0, augment=0.0, unlabeled_upload=None) -> str:
     """Start the distillation as a background job (refused while another job holds the device); with
     gpus > 1, as one torchrun job with a process per GPU (see docs/scaling.md)."""
-    from qtinker.data.loaders import sample_dataset_path, sample_eval_path
+    from qtinker.data.loaders import load_unlabelled, sample_dataset_path, sample_eval_path
 
     check = verdict(teacher, student, n_layers, custom, method, teacher_epochs)
     if not check.startswith("**Compatible**"):
@@ -50,14 +52,27 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
         read_data(choice, upload, eval_upload, text_column, label_column)
     except QTinkerError as exc:
         return f"**Error:** {page_message(exc, upload, eval_upload)}"
-    data = str(sample_dataset_path()) if choice == SAMPLE else str(common.keep_upload(upload))
+    data = str(sample_dataset_path()) if choice == SAMPLE else upload
+    if unlabeled_upload:  # read as the run reads it: a bad file never starts a job
+        if Path(data).suffix.lower() == ".txt":
+            return ("**Error:** unlabeled text: the training file is already unlabelled text; upload labelled training "
+                    "data to add unlabelled text to it.")
+        try:
+            load_unlabelled(common.check_upload(unlabeled_upload, common.DATA_UPLOAD_MAX, "data file"))
+        except QTinkerError as exc:
+            return f"**Error:** {page_message(exc, unlabeled_upload)}"
+    data = data if choice == SAMPLE else str(common.keep_upload(upload))
     out = common.unique_folder(paths.outputs_dir() / name)
     args = ["--teacher", str(t.path), "--method", method, "--out", str(out), "--epochs", int(epochs),
             "--batch-size", int(batch_size), "--lr", float(lr), "--max-length", int(max_length),
             "--temperature", float(temperature), "--alpha", float(alpha), "--beta", float(beta), "--layer-map", layer_map,
             "--hidden-weight", float(hidden_weight), "--attention-weight", float(attention_weight),
-            "--embedding-weight", float(embedding_weight), "--teacher-epochs", int(teacher_epochs)]
+            "--embedding-weight", float(embedding_weight), "--teacher-epochs", int(teacher_epochs),
+            "--balance-batches", int(balance_batches), "--schedule", schedule,
+            "--intermediate-epochs", int(intermediate_epochs or 0), "--augment", float(augment or 0)]
     args += ["--unlabeled", data] if Path(data).suffix.lower() == ".txt" else ["--data", data]
+    if unlabeled_upload:
+        args += ["--unlabeled", str(common.keep_upload(unlabeled_upload))]
     if choice == SAMPLE:
         args += ["--eval-data", str(sample_eval_path())]
     elif eval_upload:
@@ -70,6 +85,8 @@ def start(teacher, student, n_layers, custom, choice, upload, method, temperatur
         args += ["--student-config", ",".join(re.findall(r"\d+", custom))]
     else:
         args += ["--student", str(common.find_model(student).path)]
+    if not balance_losses:  # a switch without a value: last, as --resume is
+        args += ["--no-balance-losses"]
     device = common.device_slot()
     who = student if student not in (FROM_TEACHER, CUSTOM) else "student"
     gpus, program = int(gpus or 1), None
@@ -176,7 +193,20 @@ def view(seen: tuple):
 
 
 FORM_FLAGS = ("--method", "--temperature", "--alpha", "--beta", "--layer-map", "--hidden-weight", "--attention-weight",
-              "--embedding-weight", "--epochs", "--batch-size", "--lr", "--max-length", "--teacher-epochs")
+              "--embedding-weight", "--epochs", "--batch-size", "--lr", "--max-length", "--teacher-epochs",
+              "--balance-batches", "--schedule", "--intermediate-epochs", "--augment")
+TEXT_FLAGS = ("--method", "--layer-map", "--schedule")
+
+
+def flag_values(args: list[str]) -> dict:
+    """A command line the form wrote, as {flag: value}; a switch (--resume, --no-balance-losses) maps to True."""
+    values, i = {}, 0
+    while i < len(args):
+        if i + 1 < len(args) and not args[i + 1].startswith("--"):
+            values[args[i]], i = args[i + 1], i + 2
+        else:
+            values[args[i]], i = True, i + 1
+    return values
 
 
 def job_settings(job) -> dict | None:
@@ -185,7 +215,7 @@ def job_settings(job) -> dict | None:
 
     if job is None or job.command != "distill" or "--teacher" not in job.args:
         return None
-    args = dict(zip(job.args[::2], job.args[1::2]))  # the form writes FLAG VALUE pairs (a trailing --resume aside)
+    args = flag_values(job.args)
     models = common.local_models()
     by_path = {str(m.path): m.name for m in models}
     data = args.get("--data") or args.get("--unlabeled")
@@ -194,7 +224,8 @@ def job_settings(job) -> dict | None:
             "upload": None if data == str(sample_dataset_path()) else data,
             "eval_upload": args.get("--eval-data") if data != str(sample_dataset_path()) else None,
             "text_column": args.get("--text-column", ""), "label_column": args.get("--label-column", ""),
-            "out_name": Path(job.out).name if job.out else ""}
+            "out_name": Path(job.out).name if job.out else "", "balance_losses": "--no-balance-losses" not in args,
+            "unlabeled_upload": args.get("--unlabeled") if data == args.get("--data") else None}
     if "--student-from-teacher" in args:
         form.update(student=FROM_TEACHER, n_layers=int(args["--student-from-teacher"]))
     elif "--student-config" in args:
@@ -204,7 +235,7 @@ def job_settings(job) -> dict | None:
     for flag in FORM_FLAGS:
         if flag in args:
             value = args[flag]
-            form[flag[2:].replace("-", "_")] = value if flag in ("--method", "--layer-map") else float(value)
+            form[flag[2:].replace("-", "_")] = value if flag in TEXT_FLAGS else float(value)
     return form
 
 
@@ -289,6 +320,20 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         teacher_epochs = gr.Number(label="Teacher fine-tune epochs", value=3, precision=0, minimum=0,
                                    elem_id="teacher_epochs")
         out_name = gr.Textbox(label="Output name", placeholder="default: <teacher>-<method>-student", info="folder under outputs/")
+    with gr.Accordion("Advanced: loss balance, two-stage schedule, augmentation", open=False, elem_id="distill_advanced"):
+        with gr.Row():  # info texts and defaults: DistillConfig's (field_updates)
+            balance_losses = gr.Checkbox(label="balance losses", value=True, elem_id="balance_losses")
+            balance_batches = gr.Number(label="balance batches", value=10, precision=0, minimum=1)
+        with gr.Row(visible=False) as schedule_row:
+            schedule = gr.Radio(["auto", "joint", "two-stage"], value="auto", label="schedule", elem_id="schedule")
+            intermediate_epochs = gr.Number(label="intermediate epochs", value=0, precision=0, minimum=0)
+        with gr.Row():
+            augment = gr.Number(label="augment", value=0.0, minimum=0, elem_id="augment")
+            unlabeled_upload = gr.File(label="unlabeled text (optional: TXT one text per line, or CSV / TSV / JSONL "
+                                             "with a text column): extra examples the teacher labels, and the words "
+                                             "augment draws from when the teacher has no masked-LM head",
+                                       type="filepath", file_types=[".txt", ".csv", ".tsv", ".jsonl"],
+                                       elem_id="distill_unlabeled")
     with gr.Row():
         start_button = gr.Button("Start distillation", variant="primary")
         stop_button = gr.Button("Stop", variant="stop", interactive=False)
@@ -331,8 +376,8 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         box.input(eval_preview, eval_in, eval_summary, api_visibility="private")
     eval_upload.change(eval_preview, eval_in, eval_summary, api_name="eval_preview")
     method.change(lambda m: (gr.update(visible=m == "patient"), gr.update(visible=m == "feature"),
-                             gr.update(visible=m != "logit")), method, [patient_row, feature_row, layer_map],
-                  api_visibility="private")
+                             gr.update(visible=m != "logit"), gr.update(visible=m != "logit")), method,
+                  [patient_row, feature_row, layer_map, schedule_row], api_visibility="private")
     plan_in = [teacher, data_choice, upload, eval_upload, *columns, epochs, teacher_epochs, batch_size]
     for box in (teacher, data_choice, upload, eval_upload, epochs, teacher_epochs, batch_size):
         box.change(plan, plan_in, plan_md, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
@@ -341,7 +386,8 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     gr.api(verdict, api_name="compatibility")
     start_button.click(start, [teacher, student, n_layers, custom, data_choice, upload, method, temperature, alpha, beta,
                                layer_map, hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr,
-                               max_length, out_name, gpus, teacher_epochs, eval_upload, text_column, label_column],
+                               max_length, out_name, gpus, teacher_epochs, eval_upload, text_column, label_column,
+                               balance_losses, balance_batches, schedule, intermediate_epochs, augment, unlabeled_upload],
                        started, api_name="distill_start")
     stop_button.click(stop_latest, None, started, api_name="distill_stop")
     resume_button.click(resume_latest, None, started, api_name="distill_resume")
@@ -358,8 +404,10 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
     demo.load(eval_preview, eval_in, eval_summary, api_visibility="private")
     form = [teacher, student, n_layers, custom, data_choice, upload, eval_upload, text_column, label_column, method,
             temperature, alpha, beta, layer_map, hidden_weight, attention_weight, embedding_weight, epochs, batch_size,
-            lr, max_length, teacher_epochs, out_name]
+            lr, max_length, teacher_epochs, out_name, balance_losses, balance_batches, schedule, intermediate_epochs,
+            augment, unlabeled_upload]
     demo.load(field_updates, None, [method, temperature, alpha, beta, layer_map, hidden_weight, attention_weight,
-                                    embedding_weight, epochs, batch_size, lr, max_length, teacher_epochs, n_layers, custom],
+                                    embedding_weight, epochs, batch_size, lr, max_length, teacher_epochs, n_layers, custom,
+                                    balance_losses, balance_batches, schedule, intermediate_epochs, augment],
               api_visibility="private").then(restore_form, None, [*form, form_note], api_visibility="private")
     return teacher, student
