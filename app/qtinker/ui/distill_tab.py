@@ -12,7 +12,7 @@ from qtinker import jobs
 from qtinker.core import paths
 from qtinker.core.errors import QTinkerError
 from qtinker.core.fsutil import safe_name
-from qtinker.ui import common, live
+from qtinker.ui import common, live, time_estimate
 from qtinker.ui.compatibility import CUSTOM, FROM_TEACHER, model_card, student_choices, verdict
 from qtinker.ui.data_choice import AUTO, SAMPLE, UPLOAD, column_choices, data_preview, eval_preview, page_message, read_data
 
@@ -339,6 +339,7 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         stop_button = gr.Button("Stop", variant="stop", interactive=False)
         resume_button = gr.Button("Resume", visible=False, elem_id="distill_resume")
     plan_md = gr.Markdown(elem_id="distill_plan")
+    estimate_md = gr.Markdown(elem_id="distill_estimate")
     started = gr.Markdown(elem_id="distill_started")
     gr.Markdown("### Live")
     status = gr.Markdown("No distillation yet.", elem_id="distill_status")
@@ -383,6 +384,14 @@ def build(timer: gr.Timer, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Dropdown]:
         box.change(plan, plan_in, plan_md, api_visibility="private", show_progress="hidden", trigger_mode="always_last")
     for box in columns:
         box.input(plan, plan_in, plan_md, api_visibility="private", show_progress="hidden")
+    # the time estimate times a few steps of the chosen models: its own queue slot, so it never holds up the
+    # page's other events, and only the latest choice is measured
+    estimate_in = [teacher, student, n_layers, custom, method, data_choice, upload, eval_upload, unlabeled_upload,
+                   *columns, epochs, teacher_epochs, batch_size, max_length, augment]
+    gr.on([box.change for box in (teacher, student, n_layers, custom, method, data_choice, upload, eval_upload,
+                                  unlabeled_upload, epochs, teacher_epochs, batch_size, max_length, augment)],
+          time_estimate.estimate, estimate_in, estimate_md, api_visibility="private", show_progress="hidden",
+          trigger_mode="always_last", concurrency_id="estimate", concurrency_limit=1)
     gr.api(verdict, api_name="compatibility")
     start_button.click(start, [teacher, student, n_layers, custom, data_choice, upload, method, temperature, alpha, beta,
                                layer_map, hidden_weight, attention_weight, embedding_weight, epochs, batch_size, lr,
