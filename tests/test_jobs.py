@@ -169,6 +169,7 @@ def test_jobs_survive_an_app_restart():
 
 def test_each_job_records_which_process_it_is_and_a_pid_alone_is_never_trusted():
     from qtinker import jobs
+    from qtinker.jobs import store, supervisor
     from qtinker.core import procs
 
     job = jobs.start_job("slow", [], program=FAKE)
@@ -177,8 +178,8 @@ def test_each_job_records_which_process_it_is_and_a_pid_alone_is_never_trusted()
         assert on_disk["pid"] == job.pid and on_disk["pid_start"] == procs.start_token(job.pid) is not None
         # the same job.json with its start time removed or changed names "a process", not this job's: not running
         for planted in (None, on_disk["pid_start"] + "0"):
-            other = jobs._from_dict(dict(on_disk, pid_start=planted), job.dir)
-            assert not procs.is_process(other.pid, other.pid_start) and not jobs._kill(other)
+            other = store.from_dict(dict(on_disk, pid_start=planted), job.dir)
+            assert not procs.is_process(other.pid, other.pid_start) and not supervisor._kill(other)
         assert jobs.get_job(job.id).running
     finally:
         jobs.stop_job(job.id)
@@ -212,10 +213,11 @@ def _start_at(go: Path, mode: str, n: int) -> list[subprocess.Popen]:
 
 def test_two_app_instances_cannot_both_take_the_cpu_slot(tmp_path):
     from qtinker import jobs
+    from qtinker.jobs import store
 
     go = tmp_path / "go"
     apps = _start_at(go, "slow", 4)
-    with jobs._store(jobs.jobs_dir()):  # all four wait for the store's lock, then race for the slot
+    with store.lock(jobs.jobs_dir()):  # all four wait for the store's lock, then race for the slot
         time.sleep(1.5)  # let them import and wait for `go`
         go.touch()
         time.sleep(0.5)
@@ -234,8 +236,9 @@ def test_a_watcher_that_cannot_write_job_json_still_frees_the_slot(monkeypatch, 
     import threading
 
     from qtinker import jobs
+    from qtinker.jobs import store, supervisor
 
-    real_save, left = jobs._save, [failures]
+    real_save, left = store.save, [failures]
 
     def disk_full_in_watchers(job):
         if threading.current_thread().name.startswith("job-") and left[0] > 0:
@@ -243,10 +246,10 @@ def test_a_watcher_that_cannot_write_job_json_still_frees_the_slot(monkeypatch, 
             raise OSError(errno.ENOSPC, "No space left on device", str(job.dir / "job.json.tmp"))
         real_save(job)
 
-    monkeypatch.setattr(jobs, "_save", disk_full_in_watchers)
+    monkeypatch.setattr(store, "save", disk_full_in_watchers)
     job = jobs.start_job("ok", [], program=FAKE)
     deadline = time.time() + 30
-    while job.id in jobs._PROCS:
+    while job.id in supervisor._PROCS:
         assert time.time() < deadline, "the watcher kept its slot"
         time.sleep(0.05)
     assert jobs.running_job("cpu") is None
@@ -262,6 +265,7 @@ def test_a_cancelled_queued_job_never_starts():
     import threading
 
     from qtinker import jobs
+    from qtinker.jobs import store
     from qtinker.core import procs
 
     for concurrent in (False, True, True, True):
@@ -269,7 +273,7 @@ def test_a_cancelled_queued_job_never_starts():
         second = jobs.start_job("ok", ["--steps", "1"], program=FAKE, queue=True)
         assert second.status == "queued"
         result = {}
-        with jobs._store(jobs.jobs_dir()):  # the first ends meanwhile; its watcher waits to launch the second
+        with store.lock(jobs.jobs_dir()):  # the first ends meanwhile; its watcher waits to launch the second
             deadline = time.time() + 30
             while procs.start_token(first.pid):
                 assert time.time() < deadline

@@ -169,12 +169,13 @@ def test_the_page_names_no_cli_flags_in_help_warnings_or_a_failed_download(tmp_p
     failed = Job(id="20260101-000000-download-abcd", command="download", args=[], status="failed", started=1.0,
                  extra={"name": "bert-base-cased"})
     from qtinker import jobs
+    from qtinker.jobs import store
 
     failed._dir = jobs.jobs_dir() / failed.id
     failed._dir.mkdir(parents=True)
     failed.events_path.write_text(json.dumps({"type": "error", "time": 2.0, "message": "bert-base-cased: Google "
                                   "publishes no TF checkpoint for this model; use --source hf (bert-base-cased)"}) + "\n")
-    jobs._save(failed)  # the record a finished job leaves
+    store.save(failed)  # the record a finished job leaves
     assert models_tab.downloads_markdown() == ("- **bert-base-cased** — **failed**: bert-base-cased: Google publishes no TF "
                                                "checkpoint for this model; use the Hugging Face Hub source (bert-base-cased)")
 

@@ -54,16 +54,16 @@ class App:
         return "".join(self.lines)
 
     def close(self) -> None:
-        from qtinker import jobs
+        from qtinker.jobs import supervisor
 
         self.proc.terminate()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        for job in jobs._all(self.outputs / "jobs", adopt=False):  # jobs outlive the app by design: end ours
+        for job in supervisor._all(self.outputs / "jobs", adopt=False):  # jobs outlive the app by design: end ours
             if job.status == "running":
-                jobs._kill(job)  # only if it still is the process the app launched
+                supervisor._kill(job)  # only if it still is the process the app launched
 
 
 def write_csv(path: Path, n: int = 48, seed: int = 0) -> Path:

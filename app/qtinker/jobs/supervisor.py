@@ -1,32 +1,10 @@
-"""Background runs: a `qtinker <command>` subprocess the app owns, with its state on disk.
-
-A job outlives the browser tab (and the app): it runs
-
-    python -m qtinker <command> ... --events events.jsonl [--stop-file STOP]
-
-in its own process group, stdout + stderr going to log.txt. Everything about it lives in
-outputs_dir()/jobs/<id>/:
-
-    job.json       command, args, slot, status, pid, started, ended, exit_code
-    events.jsonl   the run's progress events (qtinker.core.events)
-    log.txt        the process's stdout and stderr
-    STOP           created by stop_job(); the run stops at its next step and keeps its checkpoint
-
-Status: "queued" (waiting for its slot), "running", then "done" only if the process exited 0 AND
-its last event is "done"; "stopped" if a stop was asked for (and it did not end in an error);
-otherwise "failed". A job whose process vanished without being seen to finish (the app or the
-machine restarted) is "failed (interrupted)". One job per slot (a device: "cpu", "cuda") runs at
-a time; a second start names the running one, or waits as "queued" when asked to.
-
-Safety (docs/security.md): a job id from outside (the UI, its API) must match the app's own pattern
-and name a folder directly inside jobs/; the app signals a process only when it still is the one it
-launched (pid + start time recorded at launch, qtinker.core.procs); slot checks, launches, cancels and
-job.json updates happen under one lock shared by every app process (jobs/.lock).
+"""Running jobs: start a `qtinker <command>` process per job (one per slot at a time, or queued), watch it and
+record how it ended, stop it (a STOP file, then a kill after a grace period), and adopt at app start the jobs
+an earlier app process launched. Their records live in store.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -34,125 +12,16 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from qtinker.core import paths, procs
 from qtinker.core.errors import QTinkerError
-from qtinker.core.events import read_events
-from qtinker.core.filelock import FileLock
+from qtinker.jobs import store
+from qtinker.jobs.store import COMMAND, JOB_ID, Job, job_folder, jobs_dir
 
 STOP_GRACE_S = 60.0  # a step on CPU with a large teacher can take seconds; saving the checkpoint longer
-
-COMMAND = r"[a-z0-9][a-z0-9-]{0,39}"
-JOB_ID = re.compile(rf"[0-9]{{8}}-[0-9]{{6}}-{COMMAND}-[0-9a-f]{{4}}")  # what start_job makes, nothing else
 _PROCS: dict[str, subprocess.Popen] = {}  # jobs this app process started (and reaps)
-_LOCKS: dict[str, FileLock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def _store(root: Path) -> FileLock:
-    """The jobs folder's lock: one per machine (a file lock), reentrant within a thread."""
-    key = os.path.realpath(root)
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, FileLock(Path(key) / ".lock"))
-
-
-@dataclass
-class Job:
-    id: str
-    command: str
-    args: list[str]
-    slot: str | None = None  # "cpu", "cuda:0", ...: one running job per slot; None: no limit
-    title: str = ""
-    out: str | None = None  # the folder the run writes, when known
-    status: str = "running"
-    pid: int | None = None
-    pid_start: str | None = None  # the app's record of which process `pid` is (qtinker.core.procs.start_token)
-    started: float = 0.0
-    ended: float | None = None
-    exit_code: int | None = None
-    stop_requested: bool = False
-    note: str = ""
-    argv: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def dir(self) -> Path:
-        # fixed when the job is read, so a watcher thread keeps its folder if the env changes
-        return getattr(self, "_dir", None) or jobs_dir() / self.id
-
-    @property
-    def events_path(self) -> Path:
-        return self.dir / "events.jsonl"
-
-    @property
-    def log_path(self) -> Path:
-        return self.dir / "log.txt"
-
-    @property
-    def stop_path(self) -> Path:
-        return self.dir / "STOP"
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-    def events(self) -> list[dict]:
-        return read_events(self.events_path)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return log_tail(self.log_path, lines)
-
-    def error(self) -> str | None:
-        """Why it failed, in one line: the run's "error" event, else the last log line."""
-        if self.status not in ("failed", "failed (interrupted)"):
-            return None
-        errors = [e for e in self.events() if e.get("type") == "error"]
-        if errors:
-            return str(errors[-1].get("message", "")) or "failed"
-        tail = [line for line in self.log_tail(20).splitlines() if line.strip()]
-        reason = self.note or (f"exit code {self.exit_code}" if self.exit_code is not None else "no exit code")
-        return f"{reason}: {tail[-1]}" if tail else reason
-
-    def result(self) -> dict | None:
-        """The "done" event's result, only for a job that succeeded."""
-        if self.status != "done":
-            return None
-        done = [e for e in self.events() if e.get("type") == "done"]
-        return done[-1].get("result") if done else None
-
-
-def jobs_dir() -> Path:
-    return paths.outputs_dir() / "jobs"
-
-
-def job_folder(job_id: object) -> Path:
-    """The folder of job `job_id`, for an id from outside (UI, API): the app's pattern, inside jobs/ only."""
-    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-        shown = repr(job_id)[:80]
-        raise QTinkerError(f"job id {shown}: not a QTinker job id (like 20250101-120000-distill-1a2b); "
-                           f"pick one from the Jobs tab")
-    root = jobs_dir().resolve()
-    folder = (root / job_id).resolve()
-    if folder.parent != root:  # e.g. a symlink planted in jobs/ that leads elsewhere
-        raise QTinkerError(f"job {job_id}: its folder {root / job_id} leads outside {root}; remove it")
-    return folder
-
-
-def log_tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
-    if not path.exists():
-        return ""
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - max_bytes))
-        text = f.read().decode("utf-8", errors="replace")
-    # as a terminal shows it: a progress bar rewrites its line with \r, so only its last state stays
-    shown = [next((part for part in reversed(line.split("\r")) if part.strip()), "") for line in text.split("\n")]
-    while shown and not shown[-1]:
-        shown.pop()
-    return "\n".join(shown[-lines:])
 
 
 # ---------------------------------------------------------------- start / stop
@@ -169,7 +38,7 @@ def start_job(command: str, args: list[str], *, slot: str | None = "cpu", title:
     """
     if not re.fullmatch(COMMAND, command):
         raise QTinkerError(f"command {command!r}: not a qtinker command name")
-    with _store(jobs_dir()):
+    with store.lock(jobs_dir()):
         busy = running_job(slot) if slot is not None else None
         if busy is not None and not queue:
             raise QTinkerError(
@@ -186,7 +55,7 @@ def start_job(command: str, args: list[str], *, slot: str | None = "cpu", title:
             job.argv += ["--stop-file", str(job.stop_path)]
         if busy is not None or (slot is not None and _queued(slot)):
             job.status = "queued"
-            _save(job)
+            store.save(job)
             return job
         return _launch(job)
 
@@ -206,7 +75,7 @@ def _launch(job: Job) -> Job:
     # the watcher reaps it whatever happens next; it waits for the store lock, which the caller holds
     threading.Thread(target=_watch, args=(job.dir, proc, job.slot), name=f"job-{job.id}", daemon=True).start()
     try:
-        _save(job)
+        store.save(job)
     except OSError:
         _kill(job)  # a run nobody can see or stop must not go on
         raise
@@ -222,7 +91,7 @@ def _start_next(slot: str | None, root: Path) -> None:
     """The slot is free: start its oldest queued job, if any."""
     if slot is None:
         return
-    with _store(root):
+    with store.lock(root):
         if any(j.running and j.slot == slot for j in _all(root)):
             return
         waiting = _queued(slot, root)
@@ -233,15 +102,15 @@ def _start_next(slot: str | None, root: Path) -> None:
 def stop_job(job_id: str, grace_s: float = STOP_GRACE_S) -> Job:
     """Ask the run to stop at its next step (it keeps its checkpoint); kill it after `grace_s`."""
     folder = job_folder(job_id)
-    with _store(folder.parent):  # a queued job is either cancelled here or launched by _start_next, never both
+    with store.lock(folder.parent):  # a queued job is either cancelled here or launched by _start_next, never both
         job = _load(folder)
         if job.status == "queued":
-            return _update(folder, status="stopped", ended=time.time(), stop_requested=True,
+            return store.update(folder, status="stopped", ended=time.time(), stop_requested=True,
                            note="cancelled before it started")
         if not job.running:
             return job
         job.stop_path.write_text("stop requested from the app\n", encoding="utf-8")
-        _update(folder, stop_requested=True)
+        store.update(folder, stop_requested=True)
 
     def hard_kill() -> None:
         deadline = time.time() + grace_s
@@ -249,10 +118,10 @@ def stop_job(job_id: str, grace_s: float = STOP_GRACE_S) -> Job:
             if not _load(folder).running:
                 return
             time.sleep(0.2)
-        with _store(folder.parent):
+        with store.lock(folder.parent):
             current = _load(folder)
             if current.running and _alive(current):
-                _update(folder, note=f"killed after a {grace_s:g} s grace period")  # before the watcher reads it
+                store.update(folder, note=f"killed after a {grace_s:g} s grace period")  # before the watcher reads it
                 _kill(current)
 
     threading.Thread(target=hard_kill, name=f"stop-{job_id}", daemon=True).start()
@@ -285,21 +154,9 @@ def get_job(job_id: str) -> Job:
 
 
 def _load(folder: Path, adopt: bool = True) -> Job:
-    try:
-        data = json.loads((folder / "job.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise QTinkerError(f"job {folder.name!r}: not found in {folder.parent} ({exc.__class__.__name__})") from exc
-    if not isinstance(data, dict) or data.get("id") != folder.name:
-        raise QTinkerError(f"job {folder.name!r}: its job.json names another job; it was not written by QTinker")
-    job = _from_dict(data, folder)
+    job = store.read(folder)
     if adopt and job.running and job.id not in _PROCS:
         job = _adopt(job)
-    return job
-
-
-def _from_dict(data: dict, folder: Path) -> Job:
-    job = Job(**{k: v for k, v in data.items() if k in Job.__dataclass_fields__})
-    job._dir = folder
     return job
 
 
@@ -349,17 +206,17 @@ def _watch(folder: Path, proc: subprocess.Popen, slot: str | None) -> None:
     job_id, code = folder.name, None
     try:
         code = proc.wait()  # also reaps the child, so a finished job never looks alive
-        with _store(folder.parent):
+        with store.lock(folder.parent):
             job = _load(folder, adopt=False)
             status = _final_status(job, code)
             note = job.note
             if status == "failed" and not note:
                 note = f"exited with code {code}" if code != 0 else "exited without reporting success"
-            _update(folder, status=status, exit_code=code, ended=time.time(), note=note)
+            store.update(folder, status=status, exit_code=code, ended=time.time(), note=note)
     except Exception as exc:  # e.g. disk full writing job.json: the job must still not hold its slot
         print(f"qtinker.jobs: could not record the end of job {job_id}: {exc}", file=sys.stderr)
         try:
-            _update(folder, status="failed", exit_code=code, ended=time.time(),
+            store.update(folder, status="failed", exit_code=code, ended=time.time(),
                     note=f"the app could not record how it ended: {exc}")
         except Exception:  # job.json keeps "running"; the liveness check sees the process gone
             pass
@@ -396,7 +253,7 @@ def _adopt(job: Job) -> Job:
     """A job started by an earlier app process: still running, or finished while nobody watched."""
     if _alive(job):
         return job
-    with _store(job.dir.parent):  # decide again on the current job.json: another app may have recorded the end
+    with store.lock(job.dir.parent):  # decide again on the current job.json: another app may have recorded the end
         job = _load(job.dir, adopt=False)
         if not job.running or _alive(job):
             return job
@@ -414,25 +271,9 @@ def _record_gone(job: Job) -> Job:
         changes = dict(status="stopped" if job.stop_requested else "failed (interrupted)", ended=ended or time.time(),
                        note=job.note or "the process ended without finishing (the app or machine was restarted)")
     try:
-        return _update(job.dir, **changes)
+        return store.update(job.dir, **changes)
     except OSError:  # cannot write (disk full, read-only): still report it as ended, not running
-        return _from_dict({**asdict(job), **changes}, job.dir)
-
-
-def _update(folder: Path, **changes) -> Job:
-    with _store(folder.parent):
-        data = json.loads((folder / "job.json").read_text(encoding="utf-8"))
-        data.update(changes)
-        job = _from_dict(data, folder)
-        _save(job)
-        return job
-
-
-def _save(job: Job) -> None:
-    with _store(job.dir.parent):
-        tmp = job.dir / "job.json.tmp"
-        tmp.write_text(json.dumps(asdict(job), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, job.dir / "job.json")
+        return store.from_dict({**asdict(job), **changes}, job.dir)
 
 
 def _new_group() -> dict:
