@@ -53,7 +53,7 @@ def cold_start(runtime: str, folder: Path, compile_: bool, threads: int) -> floa
 
 
 def bench_model(label: str, model, tokenizer, data, work: Path, args) -> list[dict]:
-    from qtinker.quantize.onnx import OnnxClassifier
+    from qtinker.models.onnx_session import OnnxClassifier
 
     float_dir = work / "float"
     model.save_pretrained(float_dir)

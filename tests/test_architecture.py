@@ -67,7 +67,7 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_import_cycles_among_qtinker_modules():
     graph = module_imports()
     assert {"qtinker.cli", "qtinker.distill.recipe", "qtinker.quantize.recipe", "qtinker.core.paths"} <= set(graph)
-    assert "qtinker.export.package" in graph["qtinker.evaluate"]  # imported inside a function: it counts too
+    assert "qtinker.evaluate" in graph["qtinker.quantize.measure"]  # imported inside a function: it counts too
     assert cycles(graph) == []
 
 

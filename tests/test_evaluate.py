@@ -180,9 +180,9 @@ def test_quantized_folders_load_through_export(tiny_bert, monkeypatch):
     folder = tiny_bert(num_labels=2)
     (folder / "quantization.json").write_text('{"scheme": "int8-dynamic"}')
     calls = []
-    fake = types.ModuleType("qtinker.export.package")
+    fake = types.ModuleType("qtinker.models.resolve")
     fake.load_model = lambda path, device="cpu": calls.append((Path(path), device)) or ("model", "tokenizer")
-    monkeypatch.setitem(sys.modules, "qtinker.export.package", fake)
+    monkeypatch.setitem(sys.modules, "qtinker.models.resolve", fake)
     assert load_classifier(folder) == ("model", "tokenizer")
     assert calls == [(folder, "cpu")]
 

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from qtinker.core.errors import QTinkerError
-from qtinker.export.package import export_zip, load_model, render_model_card, write_model_card
+from qtinker.export.card import render_model_card, write_model_card
+from qtinker.export.package import export_zip
+from qtinker.models.resolve import load_model
 from qtinker.quantize import QuantizeConfig, quantize
 
 

@@ -99,7 +99,7 @@ def test_onnx_folder_runs_without_torch_and_matches_float(tiny_bert, tmp_path, e
 
 def test_qtinker_load_opens_an_onnx_folder(tiny_bert, tmp_path):
     import qtinker
-    from qtinker.quantize.onnx import OnnxClassifier
+    from qtinker.models.onnx_session import OnnxClassifier
 
     source = tiny_bert(num_labels=2)
     quantize(QuantizeConfig(model=str(source), scheme="onnx-int8", out=str(tmp_path / "o"), compile=False, latency_iters=1,

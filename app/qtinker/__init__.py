@@ -27,7 +27,7 @@ def load(path, device="cpu"):
     through TorchAO. Nothing executes code from the model: safetensors only,
     `weights_only=True` where torch.load is needed, and no remote code.
     """
-    from qtinker.export.package import load_model
+    from qtinker.models.resolve import load_model
 
     return load_model(path, device=device)
 

@@ -157,13 +157,13 @@ def evaluate_model(model: Any, tokenizer: Any, data: LabelledData, batch_size: i
 # ---------------------------------------------------------------- loading a model folder
 def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     """(model, tokenizer) of a model folder with a task head: plain transformers for float folders
-    (safetensors only, no remote code), qtinker.export.package.load_model for quantized ones."""
+    (safetensors only, no remote code), qtinker.models.resolve.load_model for quantized ones."""
     path = Path(path)
     if not path.is_dir():
         raise QTinkerError(f"{path}: no such model folder; pass a folder holding config.json and model.safetensors "
                            "(see `qtinker models`)")
     if (path / "quantization.json").exists():
-        from qtinker.export.package import load_model  # the quantized twin; it owns the torchao door
+        from qtinker.models.resolve import load_model  # the quantized twin
 
         return load_model(path, device=device)
     if not (path / "config.json").exists():

@@ -11,6 +11,8 @@
   `.<name>.zip.XXXXXXXX.part` files, empty `.partial` folders) goes, but only when its owner is gone: a
   pid of this host that no longer runs, or, for what names no owner, untouched for a day. A live run's
   folder is never removed.
+- `read_json(path)` / `write_json(path, value)`: the JSON records beside a model (config.json,
+  quantization.json, metrics.json); an unreadable one is a QTinkerError naming the file.
 """
 
 from __future__ import annotations
@@ -197,3 +199,19 @@ def _untouched_for(path: Path) -> float:
         for p in path.rglob("*"):
             newest = max(newest, p.lstat().st_mtime)
     return time.time() - newest
+
+
+# ---------------------------------------------------------------- JSON records
+def read_json(path: Path) -> dict:
+    """A JSON object from a file QTinker wrote (config.json, quantization.json, ...), or a QTinkerError naming it."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QTinkerError(f"{path}: unreadable JSON ({exc}); restore the file or re-create the folder") from exc
+    if not isinstance(value, dict):
+        raise QTinkerError(f"{path}: expected a JSON object; restore the file or re-create the folder")
+    return value
+
+
+def write_json(path: Path, value: dict) -> None:
+    Path(path).write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")

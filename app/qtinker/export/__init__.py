@@ -1,11 +1,12 @@
-"""Model folders out of QTinker: save/load twin and the download zip (package), the model card (card).
+"""Model folders out of QTinker: saving and the download zip (package), the one model card writer (card).
+`load_model`, the load twin, lives in qtinker.models.resolve and is exported here too.
 """
 
 from qtinker import _lazy_exports
 
 _EXPORTS = {  # public name -> its module, imported on first use
     "export_zip": "qtinker.export.package",
-    "load_model": "qtinker.export.package",
+    "load_model": "qtinker.models.resolve",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,5 +1,10 @@
-"""The Hugging Face model card (README.md) of a distilled student, from its metrics; the names and the results
-table every card shows (no local paths: a card travels in the download zip)."""
+"""The model card (README.md) of every model folder QTinker writes: the one writer.
+
+`write_model_card(folder)` renders the card from what the folder holds: config.json, quantization.json,
+and the records beside the weights (a distillation's metrics.json / run_config.json, a quantize run's
+metrics.json and its source_*.json). A distilled, quantized, ONNX or plain folder all go through it, and
+`export.package.export_zip` ships the same card as README.md. Names, never local paths: a card travels.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,12 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+
+from qtinker.core.fsutil import read_json
+from qtinker.models.resolve import (ONNX_FILE, QUANTIZED_WEIGHTS, auto_class_name, check_model_folder,
+                                    read_quantization)
+
+CARD_TAG = "<!-- written by qtinker: model card -->"
 
 
 def display_name(value: Any) -> Any:
@@ -155,3 +166,124 @@ def _times(before: float | None, after: float | None) -> str:
     if not before or not after:
         return ""
     return f"{before / after:.1f}× faster" if before >= after else f"{after / before:.1f}× slower"
+
+
+# ---------------------------------------------------------------- model card
+def render_model_card(folder: Path) -> str:
+    folder = Path(folder)
+    config = check_model_folder(folder)
+    marker = read_quantization(folder)
+    run = {}  # what the model came from: a distillation's run config and metrics, when present
+    for name in ("source_metrics.json", "source_run_config.json", "run_config.json"):
+        if (folder / name).is_file():
+            run.update({k: v for k, v in read_json(folder / name).items() if isinstance(v, (str, int, float, list))})
+    lines = [CARD_TAG, f"# {folder.name}", ""]
+    kind = (f"ONNX Runtime ({marker['scheme']})" if marker and marker.get("format") == "onnx"
+            else f"TorchAO {marker['scheme']} quantized" if marker else "float")
+    lines += [f"A {config.get('num_hidden_layers', '?')}-layer, {config.get('hidden_size', '?')}-wide "
+              f"{config.get('model_type')} ({', '.join(config.get('architectures') or ['encoder'])}), {kind}.", ""]
+    # how to load comes first: plain transformers / onnxruntime, then compiling, then QTinker's shortcut
+    lines += ["## How to load", "", "In plain Python (run inside the unzipped folder, or change `folder`):", "",
+              "```python", load_snippet(config, marker), "```", ""]
+    if marker and marker.get("format") != "onnx" and marker.get("weights") != QUANTIZED_WEIGHTS:
+        lines += ["TorchAO's int8 speed on CPU comes with `torch.compile` and Inductor freezing (settings are not "
+                  "saved with the model, so apply them after loading):", "", "```python",
+                  "import torch._inductor.config", "import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  "
+                  "# registers the x86 int8 fusions", "torch._inductor.config.freezing = True",
+                  "model = torch.compile(model)  # the first call per input shape compiles (tens of seconds)", "```", ""]
+    lines += ["With QTinker installed: `model, tokenizer = qtinker.load(folder)`.", "", "## Model", ""]
+    for key in ("teacher", "student", "student_from_teacher", "student_config", "method", "temperature", "alpha", "data",
+                "eval_data"):
+        if run.get(key) not in (None, "", []):  # by name: a card travels, local paths do not
+            value = file_name(run[key]) if key in ("data", "eval_data") else display_name(run[key])
+            lines.append(f"- {key.replace('_', ' ')}: `{value}`")
+    labels = config.get("id2label") or {}
+    if labels and config.get("architectures", [""])[0].endswith("ForSequenceClassification"):
+        lines.append(f"- labels: {', '.join(str(labels[k]) for k in sorted(labels, key=int))}")
+    lines.append(f"- layers / hidden / heads: {config.get('num_hidden_layers')} / {config.get('hidden_size')} / "
+                 f"{config.get('num_attention_heads')}")
+    lines += ["", "## Quantization", ""]
+    if marker and marker.get("format") == "onnx":
+        lines += [f"- scheme: `{marker['scheme']}`: `{ONNX_FILE}`, opset {marker.get('opset')}, runs on CPU with onnxruntime "
+                  "(no torch needed)",
+                  "- fused operators: " + ", ".join(f"{k} {v}" for k, v in (marker.get("fused_operators") or {}).items()),
+                  f"- versions: onnxruntime {marker.get('onnxruntime')}, exported with torch {marker.get('torch')}"]
+    elif marker:
+        lines += [f"- scheme: `{marker['scheme']}` (embeddings: {marker.get('embeddings')}, dtype {marker.get('dtype')})",
+                  f"- loads on: {marker.get('load_device')}; quantized on {marker.get('quantized_on')}",
+                  f"- versions: torch {marker.get('torch')}, torchao {marker.get('torchao')}, "
+                  f"transformers {marker.get('transformers')}"]
+        skipped = marker.get("skipped_layers") or []
+        lines.append(f"- left in full precision: {', '.join(s['name'] + ' (' + s['reason'] + ')' for s in skipped) or 'none'}")
+    else:
+        lines.append("None: float weights.")
+    results = results_lines(folder)
+    if results:
+        lines += ["", "## Results", "", *results, ""]
+    return "\n".join(lines)
+
+
+def load_snippet(config: dict, marker: dict | None) -> str:
+    if marker and marker.get("format") == "onnx":
+        return ONNX_SNIPPET
+    if marker and marker.get("weights") != QUANTIZED_WEIGHTS:
+        marker = None  # transformers' own TorchAO loader: the plain from_pretrained below (torchao installed)
+    auto = auto_class_name(config)
+    device = "cuda" if marker and marker.get("load_device") == "cuda" else "cpu"
+    lines = ["import torch"]
+    if marker:
+        lines += ["import torchao  # registers TorchAO's tensor types",
+                  "from safetensors import safe_open",
+                  "from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict"]
+    lines += [f"from transformers import {'AutoConfig, ' if marker else ''}AutoTokenizer, {auto}", "", 'folder = "."', "",
+              "tokenizer = AutoTokenizer.from_pretrained(folder)"]
+    if marker:
+        lines += [f"model = {auto}.from_config(AutoConfig.from_pretrained(folder)).to(torch.{marker.get('dtype', 'float32')})",
+                  f'with safe_open(f"{{folder}}/{QUANTIZED_WEIGHTS}", "pt") as f:',
+                  "    state, _ = unflatten_tensor_state_dict({k: f.get_tensor(k) for k in f.keys()}, f.metadata())",
+                  "model.load_state_dict(state, strict=False, assign=True)"]
+        for alias, kept in (marker.get("aliases") or {}).items():
+            module, attr = alias.rsplit(".", 1)
+            lines.append(f'setattr(model.get_submodule("{module}"), "{attr}", model.get_parameter("{kept}"))  # tied')
+        lines.append(f'model = model.to("{device}").eval()')
+    else:
+        lines.append(f"model = {auto}.from_pretrained(folder).eval()")
+    out = "logits" if auto != "AutoModel" else "last_hidden_state"
+    lines += [f'inputs = tokenizer(["an example sentence"], return_tensors="pt").to("{device}")',
+              "with torch.inference_mode():", f"    print(model(**inputs).{out})"]
+    return "\n".join(lines)
+
+
+ONNX_SNIPPET = """import json
+
+import numpy as np
+import onnxruntime
+from tokenizers import Tokenizer
+
+folder = "."
+
+config = json.load(open(f"{folder}/config.json"))
+tokenizer = Tokenizer.from_file(f"{folder}/tokenizer.json")
+tokenizer.enable_truncation(max_length=128)
+tokenizer.enable_padding(pad_id=config.get("pad_token_id") or 0)
+session = onnxruntime.InferenceSession(f"{folder}/model.onnx", providers=["CPUExecutionProvider"])
+
+encodings = tokenizer.encode_batch(["an example sentence"])
+inputs = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+          "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+          "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+names = [i.name for i in session.get_inputs()]
+logits = session.run(["logits"], {k: v for k, v in inputs.items() if k in names})[0]
+print(logits.tolist())
+labels = config.get("id2label") or {}
+print([labels.get(str(i), f"LABEL_{i}") for i in logits.argmax(-1)])"""
+
+
+def write_model_card(model_dir: str | Path) -> Path:
+    """(Re)write README.md; a README that QTinker did not write is kept as ORIGINAL_README.md."""
+    folder = Path(model_dir)
+    card = folder / "README.md"
+    if card.exists() and CARD_TAG not in card.read_text(encoding="utf-8", errors="replace"):
+        os.replace(card, folder / "ORIGINAL_README.md")
+    card.write_text(render_model_card(folder), encoding="utf-8")
+    return card

@@ -1,6 +1,6 @@
 """Measure one model the same way before and after quantization: size, accuracy, latency.
 
-A model here is a torch module (float or TorchAO-quantized) or a `quantize.onnx.OnnxClassifier`
+A model here is a torch module (float or TorchAO-quantized) or a `models.onnx_session.OnnxClassifier`
 (an ONNX Runtime session with the same call shape); both are evaluated and timed by the same code.
 """
 
@@ -129,7 +129,8 @@ def cold_start_seconds(folder: Path, runtime: str, device: str = "cpu", compile:
     """Seconds from spawning a fresh Python to its first prediction from `folder` (interpreter start,
     imports, loading, session creation or compiling included): what a user waits for after a restart.
     Raises RuntimeError with the child's last line when it fails."""
-    from qtinker.export.package import auto_class_name, read_json
+    from qtinker.core.fsutil import read_json
+    from qtinker.models.resolve import auto_class_name
 
     threads = threads or torch.get_num_threads()
     if runtime == "onnxruntime":

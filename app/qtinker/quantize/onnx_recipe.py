@@ -11,12 +11,13 @@ import torch
 import transformers
 
 from qtinker.core import fsutil
+from qtinker.core.fsutil import read_json, write_json
 from qtinker.core.errors import QTinkerError
-from qtinker.export import package as export
 from qtinker.quantize.config import SCHEMES
 from qtinker.quantize.measure import cold_starts, measure_model, output_cosine, public, ratios, warn_on_accuracy_loss
-from qtinker.quantize.onnx import (ONNX_FILE, OPSET, OnnxClassifier, export_onnx, fuse, import_onnxruntime,
-                                   quantize_int8)
+from qtinker.models.onnx_session import OnnxClassifier, import_onnxruntime
+from qtinker.models.resolve import MARKER, ONNX_FILE, load_model
+from qtinker.quantize.onnx import OPSET, export_onnx, fuse, quantize_int8
 from qtinker.quantize.output import finish_folder
 
 
@@ -55,10 +56,10 @@ def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, be
 
         # --- the folder: config.json (labels), tokenizer.json, model.onnx; reopened and checked
         hf.save_pretrained(tmp)
-        saved = export.read_json(tmp / "config.json")
+        saved = read_json(tmp / "config.json")
         if "id2label" not in saved:  # transformers leaves default labels out; the torch-free snippet reads them
             saved["id2label"] = {str(i): name for i, name in hf.id2label.items()}
-            export.write_json(tmp / "config.json", saved)
+            write_json(tmp / "config.json", saved)
         tokenizer.save_pretrained(tmp)
         if not (tmp / "tokenizer.json").exists():
             raise QTinkerError(f"{source}: its tokenizer has no fast (tokenizers) version, so the ONNX folder could not "
@@ -66,8 +67,8 @@ def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, be
         marker = {"scheme": config.scheme, "format": "onnx", "weights": ONNX_FILE, "runtime": "onnxruntime",
                   "load_device": "cpu", "opset": OPSET, "fused_operators": counts, "source": source.name,
                   "onnxruntime": ort.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
-        export.write_json(tmp / export.MARKER, marker)
-        reloaded, _ = export.load_model(tmp)
+        write_json(tmp / MARKER, marker)
+        reloaded, _ = load_model(tmp)
         reload_cosine = output_cosine(onnx_model, reloaded, tokenizer, "cpu")
         if reload_cosine < 0.999:
             raise QTinkerError(f"{out}: the saved ONNX model reloads with different outputs (cosine {reload_cosine:.4f}); "

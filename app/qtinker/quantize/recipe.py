@@ -7,7 +7,7 @@ get which TorchAO config (and which are skipped, and why) -> `quantize_` -> meas
 the same machine in the same process -> save DIR (safetensors + quantization.json) -> reload
 DIR and check the outputs match -> metrics.json + model card -> move DIR into place.
 
-torchao enters only through `serialization.import_torchao`, always lazily (inside functions): importing
+torchao enters only through `models.serialization.import_torchao`, always lazily (inside functions): importing
 it prints extension-loading noise on CPU-only machines and costs a second.
 """
 
@@ -33,14 +33,15 @@ from qtinker.quantize.measure import public as _public
 from qtinker.quantize.measure import ratios as _ratios
 from qtinker.quantize.measure import warn_on_accuracy_loss, weights_bytes  # noqa: F401  (weights_bytes: bench's import)
 from qtinker.quantize.output import finish_folder
-from qtinker.quantize.serialization import import_torchao
+from qtinker.models.resolve import load_model, read_quantization, resolve_model_path
+from qtinker.models.serialization import import_torchao
 
 
 def available_schemes() -> dict[str, str | None]:
     """scheme -> None if it runs on this machine, else the reason (the UI greys it out)."""
     result: dict[str, str | None] = {"int8-dynamic": None, "int8-weight": None, "int4-weight": None}
     try:
-        from qtinker.quantize.onnx import import_onnxruntime
+        from qtinker.models.onnx_session import import_onnxruntime
 
         import_onnxruntime()
         result.update({s: None for s in ONNX_SCHEMES})
@@ -214,10 +215,10 @@ def _says_disk_full(exc: BaseException) -> bool:
 
 def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     """Quantize config.model into config.out; returns the metrics written to OUT/metrics.json."""
-    from qtinker.export import package as export  # the save/load twin lives there
+    from qtinker.export import package as export  # the save twin (the load twin: models.resolve)
 
     events = events or Events(echo=False)
-    source = export.resolve_model_path(config.model)
+    source = resolve_model_path(config.model)
     if not config.out:
         raise QTinkerError("--out: missing; name the folder for the quantized model, e.g. --out outputs/my-model-int8")
     out = Path(config.out).expanduser().resolve()
@@ -238,8 +239,8 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
         from qtinker.data.loaders import load_labelled
 
         data = load_labelled(config.eval_data)
-    model, tokenizer = export.load_model(source, device="cpu")
-    if export.read_quantization(source):
+    model, tokenizer = load_model(source, device="cpu")
+    if read_quantization(source):
         raise QTinkerError(f"{source}: is already quantized; quantize the float model it came from")
     dtype = torch.bfloat16 if config.scheme == "int4-weight" else torch.float32
     model = model.to(device=device, dtype=dtype).eval()
@@ -289,7 +290,7 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
             "layers": {p.name: p.action for p in plans},
         }
         export.save_quantized(quantized, tokenizer, tmp, marker, transformers_config(plans, config))
-        reloaded, _ = export.load_model(tmp, device=device)
+        reloaded, _ = load_model(tmp, device=device)
         reload_cosine = _output_cosine(quantized, reloaded, tokenizer, device)
         if reload_cosine < 0.999:
             raise QTinkerError(f"{out}: the saved model reloads with different outputs (cosine {reload_cosine:.4f}); "
