@@ -56,15 +56,17 @@ def test_unknown_model_names_close_matches():
 
 
 def test_cli_models_json_and_presence(tmp_path):
-    (tmp_path / "bert-mini").mkdir()
-    (tmp_path / "bert-mini" / "config.json").write_text("{}")
+    for name in ("bert-mini", "bert-small"):  # bert-small: an interrupted copy, config.json but no weights
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "bert-mini" / "model.safetensors").write_bytes(b"")
     out = subprocess.run([sys.executable, "-m", "qtinker", "models", "--json", "--models-dir", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     rows = json.loads(out)
     assert len(rows) >= 40
     by_name = {r["name"]: r for r in rows}
     assert by_name["bert-mini"]["present"] is True
-    assert by_name["bert-tiny"]["present"] is False
+    assert by_name["bert-tiny"]["present"] is False and by_name["bert-small"]["present"] is False
     assert by_name["bert-large-uncased"]["fp32_size"] == "1.34 GB"
     assert all(r["gcs_url"] or r["hub_id"] for r in rows)
     text = subprocess.run([sys.executable, "-m", "qtinker", "models"], capture_output=True, text=True, check=True).stdout

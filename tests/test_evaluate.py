@@ -176,15 +176,19 @@ def test_load_classifier_refuses_what_it_cannot_score(tiny_bert, tmp_path):
         load_classifier(folder)
 
 
-def test_quantized_folders_load_through_export(tiny_bert, monkeypatch):
-    folder = tiny_bert(num_labels=2)
-    (folder / "quantization.json").write_text('{"scheme": "int8-dynamic"}')
-    calls = []
-    fake = types.ModuleType("qtinker.models.resolve")
-    fake.load_model = lambda path, device="cpu": calls.append((Path(path), device)) or ("model", "tokenizer")
-    monkeypatch.setitem(sys.modules, "qtinker.models.resolve", fake)
-    assert load_classifier(folder) == ("model", "tokenizer")
-    assert calls == [(folder, "cpu")]
+def test_quantized_folders_and_names_load_through_the_one_loader(tiny_bert, tmp_path, monkeypatch):
+    from qtinker.models.resolve import load_model
+    from qtinker.quantize import QuantizeConfig, quantize
+
+    out = tmp_path / "models" / "q"
+    quantize(QuantizeConfig(model=str(tiny_bert(num_labels=2)), out=str(out), scheme="int8-weight", compile=False,
+                            latency_iters=1, cold_start=False))
+    monkeypatch.setenv("QTINKER_MODELS_DIR", str(out.parent))
+    model, tokenizer = load_classifier("q")  # a name in the models folder, as every command takes it
+    reference, _ = load_model(out)
+    enc = tokenizer(["the king said"], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.equal(model(**enc).logits, reference(**enc).logits)
 
 
 # ---------------------------------------------------------------- CLI

@@ -101,7 +101,7 @@ def test_kill_9_while_quantizing_leaves_no_half_model(tiny_bert, tmp_path):
     """A kill at any point leaves either no OUT folder or a complete one; never a half model."""
     from qtinker.core import paths
     from qtinker.models.registry import list_local_models
-    from qtinker.models.resolve import resolve_model_path
+    from qtinker.models.resolve import resolve_model
 
     source = tiny_bert(num_labels=2)
     out = paths.outputs_dir() / "model-int8"
@@ -120,4 +120,4 @@ def test_kill_9_while_quantizing_leaves_no_half_model(tiny_bert, tmp_path):
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".model-int8.")]
     assert "model-int8" not in {m.name for m in list_local_models()}
     with pytest.raises(QTinkerError):
-        resolve_model_path(str(out))
+        resolve_model(str(out))

@@ -156,31 +156,16 @@ def evaluate_model(model: Any, tokenizer: Any, data: LabelledData, batch_size: i
 
 # ---------------------------------------------------------------- loading a model folder
 def load_classifier(path: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """(model, tokenizer) of a model folder with a task head: plain transformers for float folders
-    (safetensors only, no remote code), qtinker.models.resolve.load_model for quantized ones."""
-    path = Path(path)
-    if not path.is_dir():
-        raise QTinkerError(f"{path}: no such model folder; pass a folder holding config.json and model.safetensors "
-                           "(see `qtinker models`)")
-    if (path / "quantization.json").exists():
-        from qtinker.models.resolve import load_model  # the quantized twin
+    """(model, tokenizer) of a model folder with a task head, float or quantized (models.resolve.load_model:
+    safetensors only, no remote code); a folder without a classification head is refused before loading."""
+    from qtinker.models.resolve import check_model_folder, load_model, resolve_model
 
-        return load_model(path, device=device)
-    if not (path / "config.json").exists():
-        raise QTinkerError(f"{path}: no config.json; this is not a Hugging Face model folder")
-    if not any((path / f).exists() for f in ("model.safetensors", "model.safetensors.index.json")):
-        raise QTinkerError(f"{path}: no model.safetensors; QTinker loads safetensors only: re-save the model with "
-                           "save_pretrained(safe_serialization=True) or import it with `qtinker import`")
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    archs = config.get("architectures") or []
+    path = resolve_model(path)
+    archs = check_model_folder(path).get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise QTinkerError(f"{path}: the model has no classification head (architectures: {', '.join(archs) or 'none'}); "
                            "evaluate a fine-tuned or distilled model (make one with `qtinker distill`)")
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
-    return model.to(device).eval(), tokenizer
+    return load_model(path, device=device)
 
 
 # ---------------------------------------------------------------- CLI
@@ -203,9 +188,12 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
 
 def _saved_num_labels(path: Path) -> int | None:
     """Outputs of a saved model's head, from config.json alone (no weights loaded)."""
+    from qtinker.core.fsutil import read_json
+    from qtinker.models.resolve import resolve_model
+
     try:
-        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = read_json(resolve_model(path) / "config.json")
+    except QTinkerError:
         return None
     return config.get("num_labels") or len(config.get("id2label") or {}) or None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from qtinker.core.errors import QTinkerError
 from qtinker.core.fsutil import temp_file, write_json
 from qtinker.export.card import CARD_TAG, render_model_card
-from qtinker.models.resolve import MARKER, check_model_folder, resolve_model_path
+from qtinker.models.resolve import MARKER, check_model_folder, resolve_model
 
 
 # ---------------------------------------------------------------- save (float or quantized)
@@ -70,7 +70,7 @@ def export_zip(model_dir: str | Path, zip_path: str | Path | None = None, overwr
     """Zip the folder (card regenerated) under `<folder name>/...`; symlinks are never followed."""
     from qtinker.core.paths import outputs_dir
 
-    folder = resolve_model_path(model_dir)
+    folder = resolve_model(model_dir)
     check_model_folder(folder)
     zip_path = Path(zip_path or outputs_dir() / "exports" / f"{folder.name}.zip").expanduser().resolve()
     if zip_path.suffix != ".zip":

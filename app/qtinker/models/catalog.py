@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from qtinker.core.errors import QTinkerError
 from qtinker.core.fsutil import human_bytes
+from qtinker.models.resolve import is_model_folder
 
 GCS_DEFAULT_BASE = "https://storage.googleapis.com"
 
@@ -157,7 +158,7 @@ def catalog_rows(models_dir=None) -> list[dict]:
             embedding_share=round(m.embedding_parameters / m.parameters, 3),
             gcs_url=m.gcs_url(),
             sources=m.sources,
-            present=(root / m.name / "config.json").exists(),
+            present=is_model_folder(root / m.name),
         )
         rows.append(row)
     return rows

@@ -26,18 +26,13 @@ from urllib.parse import urlparse
 from qtinker.core import paths
 from qtinker.core.errors import QTinkerError
 from qtinker.core.fsutil import safe_name
+from qtinker.models.resolve import is_model_folder
 from qtinker.models.tf1.convert import DiskSpaceError, _disk_full, check_disk, extract_zip, staging_dir
 
 CHUNK = 1 << 20
 RETRIES = 5  # attempts in a row without progress before giving up
 RETRY_BASE_DELAY = 1.0  # seconds; doubles per failed attempt (tests set it to ~0)
 HUB_PATTERNS = ["config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
-
-
-# ---------------------------------------------------------------- small helpers
-
-def is_model_folder(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
 # ---------------------------------------------------------------- transfer

@@ -31,18 +31,36 @@ _HEADS = {"ForSequenceClassification": "AutoModelForSequenceClassification", "Fo
 
 
 # ---------------------------------------------------------------- names and folders
-def resolve_model_path(name_or_path: str | Path) -> Path:
-    """A model folder given as a path, or as a name in the models or outputs folder."""
+def resolve_model(name_or_path: str | Path, field: str | None = None, hub: bool = False) -> Path | str:
+    """The model folder a user named: a path, or a name in the models or outputs folder (an absolute Path
+    to a folder holding config.json). With hub=True a name found nowhere that reads like a Hub id
+    (org/name) is returned as it is, a str, for from_pretrained to find in the HF cache or download.
+    `field` (e.g. "teacher") starts each message, to say which argument is wrong."""
     from qtinker.core.paths import models_dir, outputs_dir
 
-    if not str(name_or_path):
-        raise QTinkerError("MODEL: missing; pass a model folder (see `qtinker models`)")
-    candidates = [Path(name_or_path).expanduser(), models_dir() / str(name_or_path), outputs_dir() / str(name_or_path)]
-    for path in candidates:
+    said = f"{field}: " if field else ""
+    name = str(name_or_path)
+    if not name:
+        raise QTinkerError(f"{field or 'MODEL'}: missing; give a model folder or the name of a downloaded model "
+                           "(see `qtinker models`)")
+    for path in (Path(name).expanduser(), models_dir() / name, outputs_dir() / name):
         if path.is_dir():
+            if not (path / "config.json").exists():
+                raise QTinkerError(f"{said}{path}: no config.json; this is not a Hugging Face model folder")
             return path.resolve()
-    raise QTinkerError(f"{name_or_path}: no such model folder (looked in ., {models_dir()}, {outputs_dir()}); "
-                       "pass a folder holding config.json (see `qtinker models`)")
+    if hub and not (Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1):
+        return name  # a Hub id: from_pretrained finds it in the HF cache (offline) or downloads it
+    raise QTinkerError(f"{said}{name}: no such model folder (looked in ., {models_dir()}, {outputs_dir()}); check the "
+                       "path, or download the model first (see `qtinker models`)")
+
+
+def is_model_folder(path: Path) -> bool:
+    """Whether `path` is a model folder QTinker loads (check_model_folder says why not)."""
+    try:
+        check_model_folder(path)
+    except QTinkerError:
+        return False
+    return True
 
 
 def read_quantization(path: Path) -> dict | None:
@@ -87,7 +105,7 @@ def load_model(path: str | Path, device: str = "cpu"):
     """(model, tokenizer) in eval mode from a QTinker / Hugging Face folder, float or quantized."""
     import transformers
 
-    path = resolve_model_path(path)
+    path = resolve_model(path)
     config = check_model_folder(path)
     marker = read_quantization(path)
     auto = getattr(transformers, auto_class_name(config))

@@ -7,29 +7,19 @@ Loading never executes model code: `trust_remote_code=False`, safetensors only.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 from torch import nn
 
-from qtinker.core import paths
 from qtinker.core.errors import QTinkerError
 from qtinker.distill.layers import check_layer_list, student_init_layers
+from qtinker.models import resolve
 
 LOAD_KW = dict(trust_remote_code=False, use_safetensors=True)
 
 
 def resolve_model(name_or_path: str, field: str = "teacher") -> str:
-    """A folder path, a model name under models_dir()/outputs_dir(), or a Hub id (kept as is)."""
-    if not name_or_path:
-        raise QTinkerError(f"{field}: empty; give a model folder, a downloaded model name or a Hub id")
-    for candidate in (Path(name_or_path).expanduser(), paths.models_dir() / name_or_path, paths.outputs_dir() / name_or_path):
-        if candidate.is_dir():
-            if not (candidate / "config.json").exists():
-                raise QTinkerError(f"{field}: {candidate} has no config.json; point to a Hugging Face model folder")
-            return str(candidate)
-    if Path(name_or_path).is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
-        raise QTinkerError(f"{field}: {name_or_path} does not exist; check the path or download the model first")
-    return name_or_path  # a Hub id: from_pretrained finds it in the HF cache (offline) or downloads it
+    """models.resolve.resolve_model, Hub ids allowed, as a str (the distill run's name for it)."""
+    return str(resolve.resolve_model(name_or_path, field, hub=True))
 
 
 def load_config(name_or_path: str, field: str = "teacher"):

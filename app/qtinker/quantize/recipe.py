@@ -33,7 +33,7 @@ from qtinker.quantize.measure import public as _public
 from qtinker.quantize.measure import ratios as _ratios
 from qtinker.quantize.measure import warn_on_accuracy_loss, weights_bytes  # noqa: F401  (weights_bytes: bench's import)
 from qtinker.quantize.output import finish_folder
-from qtinker.models.resolve import load_model, read_quantization, resolve_model_path
+from qtinker.models.resolve import load_model, read_quantization, resolve_model
 from qtinker.models.serialization import import_torchao
 
 
@@ -218,7 +218,7 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     from qtinker.export import package as export  # the save twin (the load twin: models.resolve)
 
     events = events or Events(echo=False)
-    source = resolve_model_path(config.model)
+    source = resolve_model(config.model)
     if not config.out:
         raise QTinkerError("--out: missing; name the folder for the quantized model, e.g. --out outputs/my-model-int8")
     out = Path(config.out).expanduser().resolve()
