@@ -23,6 +23,7 @@ from qtinker.core import paths
 from qtinker.core.events import Events, Stopped
 from qtinker.data.batching import batch_order, collate, encode
 from qtinker.distill import losses
+from qtinker.distill.callbacks import PeriodicCheckpoint, ProgressEvents, StopRequest
 from qtinker.distill.config import DistillConfig
 from qtinker.distill.schedule import linear_schedule
 from qtinker.export.package import save_model_folder
@@ -63,39 +64,27 @@ def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs:
         events.log(f"teacher: {teacher_path} has no head for these {data.num_labels} labels; "
                    f"fine-tuning it for {epochs} epochs")
     c = DistillConfig(max_length=max_length)
-    # progress at the start and every ~2 s (not every N steps: a CPU step can take seconds), with speed and ETA
+    # progress at the start and every ~2 s, with speed and ETA; a checkpoint after each epoch but the last
     events.emit("progress", stage="teacher", step=step, total_steps=total, epoch=step // steps_per_epoch + 1,
                 epochs=epochs)
-    started, done_here, last_emit = time.perf_counter(), 0, time.time()
+    stop = StopRequest(events)
+    progress = ProgressEvents(events, total, "teacher", always=(total,), last=time.time())
+    save = PeriodicCheckpoint(steps_per_epoch, lambda: save_checkpoint(checkpoint, model, optimizer, scheduler, step),
+                              until=total)  # a kill loses at most one epoch (the last one is saved as the result)
+    started, done_here = time.perf_counter(), 0
     try:
         for epoch in range(step // steps_per_epoch, epochs):
             order = batch_order([len(e["input_ids"]) for e in examples], batch_size, seed, epoch, True)
             for ids in order[step - epoch * steps_per_epoch:]:
-                events.check_stop(f"stopped during teacher fine-tuning at step {step}/{total} "
-                                  f"(kept in {checkpoint.parent})")
-                batch = collate(examples, data.labels, ids, tokenizer.pad_token_id, c, device)
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               token_type_ids=batch["token_type_ids"]).logits
-                if data.task == "regression":
-                    loss = losses.regression_mse(logits, batch["labels"])
-                else:
-                    loss = losses.hard_ce(logits, batch["labels"])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
+                stop.check(f"stopped during teacher fine-tuning at step {step}/{total} (kept in {checkpoint.parent})")
+                loss = train_step(model, optimizer, scheduler, collate(examples, data.labels, ids,
+                                                                       tokenizer.pad_token_id, c, device), data.task)
                 step += 1
                 done_here += 1
-                if time.time() - last_emit > 2 or step == total:
-                    last_emit = time.time()
-                    seconds = time.perf_counter() - started
-                    events.emit("progress", stage="teacher", step=step, total_steps=total, epoch=epoch + 1,
-                                epochs=epochs, loss=round(float(loss.detach()), 5),
-                                examples_per_s=round(done_here * batch_size / seconds, 1),
-                                eta_s=round((total - step) * seconds / done_here, 1))
-            if epoch + 1 < epochs:  # a kill loses at most one epoch (the last one is saved as the result)
-                save_checkpoint(checkpoint, model, optimizer, scheduler, step)
+                if progress.due(step):
+                    progress.emit(step, done_here, done_here * batch_size, time.perf_counter() - started,
+                                  epoch=epoch + 1, epochs=epochs, loss=round(float(loss.detach()), 5))
+                save(step)
     except Stopped:
         save_checkpoint(checkpoint, model, optimizer, scheduler, step)
         raise
@@ -109,6 +98,19 @@ def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs:
     os.replace(folder, out)
     shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def train_step(model, optimizer, scheduler, batch: dict, task: str) -> torch.Tensor:
+    """One optimizer step on the labels (cross-entropy, or MSE for regression); returns the loss."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   token_type_ids=batch["token_type_ids"]).logits
+    loss = losses.regression_mse(logits, batch["labels"]) if task == "regression" else losses.hard_ce(logits, batch["labels"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    return loss
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int) -> None:
