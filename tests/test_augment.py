@@ -8,7 +8,7 @@ from qtinker.core.errors import QTinkerError
 from qtinker.core.events import Events, read_events
 from qtinker.distill import DistillConfig, distill
 from qtinker.distill import augment
-from qtinker.distill import recipe as d
+from qtinker.distill import methods
 from test_distill import write_data
 
 TEXTS = ["And God said, Let there be light: and there was light.", "The LORD is my shepherd; I shall not want.",
@@ -57,13 +57,13 @@ def test_distill_adds_teacher_labelled_augmented_examples(tiny_bert, tmp_path, m
     teacher = tiny_bert("bare", layers=2)  # an MLM head: it proposes the words, then is fine-tuned as the teacher
     train = write_data(tmp_path / "train.csv", 40)
     labels_seen = []
-    original = d.compute_loss
+    original = methods.compute_loss
 
     def spy(c, task, student, teacher, projection, matches, s_scores, t_scores, cache, batch, ids):
         labels_seen.extend(batch["labels"].tolist())
         return original(c, task, student, teacher, projection, matches, s_scores, t_scores, cache, batch, ids)
 
-    monkeypatch.setattr(d, "compute_loss", spy)
+    monkeypatch.setattr(methods, "compute_loss", spy)
     test = write_data(tmp_path / "test.csv", 12, seed=1)
     kw = dict(teacher=str(teacher), data=str(train), eval_data=str(test), student_from_teacher=1, epochs=1, batch_size=8,
               teacher_epochs=1, augment=2.0, seed=4)

@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from qtinker.core.errors import QTinkerError
 from qtinker.core.events import Events, read_events
 from qtinker.distill import DistillConfig, distill
+from qtinker.distill import methods
 from qtinker.distill import recipe as d
+from qtinker.distill.layers import LayerMatch
 
 WORDS = {"pos": ["love", "faith", "grace", "heaven", "spirit"], "neg": ["sin", "law", "king", "land", "house"]}
 
@@ -123,14 +125,14 @@ def test_layer_methods_train_their_extra_losses(setup, method):
 def test_feature_kd_trains_the_projection_for_a_narrower_student(setup, monkeypatch):
     config, tmp = setup
     seen = {}
-    original = d.compute_loss
+    original = methods.compute_loss
 
     def spy(c, task, student, teacher, projection, *args):
         seen.setdefault("start", [p.detach().clone() for p in projection.parameters()])
         seen["projection"] = projection
         return original(c, task, student, teacher, projection, *args)
 
-    monkeypatch.setattr(d, "compute_loss", spy)
+    monkeypatch.setattr(methods, "compute_loss", spy)
     metrics = distill(config(method="feature", student_from_teacher=0, student_config=[2, 16, 2]))
     after = list(seen["projection"].parameters())
     assert len(after) == 2 and any(not torch.equal(a, b) for a, b in zip(seen["start"], after))
@@ -410,7 +412,7 @@ def test_feature_kd_runs_tinybert_two_stages_switching_at_the_set_epoch(setup, m
 
 def test_two_stage_is_the_default_for_feature_kd_only(setup):
     config, _ = setup
-    plan = lambda **kw: d.stage_plan(config(**kw), [d.LayerMatch(2, 1, "hidden")])  # noqa: E731
+    plan = lambda **kw: methods.stage_plan(config(**kw), [LayerMatch(2, 1, "hidden")])  # noqa: E731
     assert plan(method="feature", epochs=3) == [("intermediate", 2), ("prediction", 1)]
     assert plan(method="feature", epochs=13) == [("intermediate", 9), ("prediction", 4)]
     assert plan(method="feature", epochs=1) == [("joint", 1)]
@@ -419,4 +421,4 @@ def test_two_stage_is_the_default_for_feature_kd_only(setup):
     with pytest.raises(QTinkerError, match="--intermediate-epochs: 3 with --epochs 3; choose 1-2"):
         plan(method="feature", epochs=3, intermediate_epochs=3)
     with pytest.raises(QTinkerError, match="--schedule two-stage: method logit"):
-        d.stage_plan(config(method="logit", schedule="two-stage"), [])
+        methods.stage_plan(config(method="logit", schedule="two-stage"), [])

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from qtinker.core.config import option
 from qtinker.distill.layers import INIT_STRATEGIES, LAYER_MAPS
+from qtinker.distill.methods import METHODS as _REGISTERED
 
-METHODS = ("logit", "patient", "feature")
+METHODS = tuple(_REGISTERED)  # logit, patient, feature: the registered methods (distill/methods.py)
 
 
 @dataclass
