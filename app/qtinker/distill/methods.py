@@ -24,20 +24,21 @@ from qtinker.core.errors import QTinkerError
 from qtinker.distill import distributed, losses
 from qtinker.distill.layers import LayerMatch, custom_map, last_map, pkd_map, qk_scores, uniform_map
 
-if TYPE_CHECKING:  # the config's choices come from METHODS: importing it here would be a cycle
-    from qtinker.distill.config import DistillConfig
+if TYPE_CHECKING:
     from qtinker.distill.teacher_outputs import TeacherOutputs
+
+# `c` below is the run's DistillConfig, not imported: its method choices come from METHODS (no import cycle)
 
 
 @dataclass(frozen=True)
 class Method:
-    layer_matches: Callable[[DistillConfig, int, int], list[LayerMatch]]
+    layer_matches: Callable[..., list[LayerMatch]]
     terms: Callable[..., dict[str, torch.Tensor]]
-    weights: Callable[[DistillConfig], dict[str, float]]
+    weights: Callable[..., dict[str, float]]
 
 
 # ---------------------------------------------------------------- logit: soft targets (+ hard labels) only
-def no_matches(c: DistillConfig, n_teacher: int, n_student: int) -> list[LayerMatch]:
+def no_matches(c, n_teacher: int, n_student: int) -> list[LayerMatch]:
     return []
 
 
@@ -49,7 +50,7 @@ LOGIT = Method(no_matches, no_terms, lambda c: {})
 
 
 # ---------------------------------------------------------------- patient (PKD): [CLS] of mapped layers
-def patient_matches(c: DistillConfig, n_teacher: int, n_student: int) -> list[LayerMatch]:
+def patient_matches(c, n_teacher: int, n_student: int) -> list[LayerMatch]:
     if c.teacher_layers:
         return custom_map(c.teacher_layers, n_teacher, n_student, "cls")
     name = c.layer_map if c.layer_map != "auto" else "pkd-skip"
@@ -75,7 +76,7 @@ PATIENT = Method(patient_matches, patient_terms, lambda c: {"patient": c.beta})
 
 
 # ---------------------------------------------------------------- feature (TinyBERT): hidden states, attention
-def feature_matches(c: DistillConfig, n_teacher: int, n_student: int) -> list[LayerMatch]:
+def feature_matches(c, n_teacher: int, n_student: int) -> list[LayerMatch]:
     if c.teacher_layers:
         return custom_map(c.teacher_layers, n_teacher, n_student, "hidden") + \
             custom_map([t for t in c.teacher_layers[-n_student:]], n_teacher, n_student, "attention")
@@ -107,12 +108,12 @@ METHODS: dict[str, Method] = {"logit": LOGIT, "patient": PATIENT, "feature": FEA
 
 
 # ================================================================ what every method shares
-def layer_matches(c: DistillConfig, n_teacher: int, n_student: int) -> list[LayerMatch]:
+def layer_matches(c, n_teacher: int, n_student: int) -> list[LayerMatch]:
     """The typed layer map of the method (none for logit KD)."""
     return METHODS[c.method].layer_matches(c, n_teacher, n_student)
 
 
-def stage_plan(c: DistillConfig, matches: list[LayerMatch]) -> list[tuple[str, int]]:
+def stage_plan(c, matches: list[LayerMatch]) -> list[tuple[str, int]]:
     """[(stage, epochs)]: [("joint", epochs)], or TinyBERT's [("intermediate", n), ("prediction", epochs − n)]."""
     layer_terms = bool(matches)
     if c.schedule == "joint" or (c.schedule == "auto" and (c.method != "feature" or c.epochs < 2 or not layer_terms)):
@@ -155,7 +156,7 @@ def teacher_targets(teacher, teacher_scores, cache: TeacherOutputs | None, batch
                 "scores": {m.teacher: teacher_scores.scores(m.teacher) for m in matches if m.kind == "attention"}}
 
 
-def compute_loss(c: DistillConfig, task: str, student, teacher, projection, matches, student_scores, teacher_scores,
+def compute_loss(c, task: str, student, teacher, projection, matches, student_scores, teacher_scores,
                  cache, batch: dict, ids: list[int]) -> dict[str, torch.Tensor]:
     """The raw loss terms of one batch by name (kd, hard, then the method's own), unweighted: the run weighs
     them in one place (`term_weights` × `LossBalance`). `matches`: those of the current stage."""
@@ -177,7 +178,7 @@ def compute_loss(c: DistillConfig, task: str, student, teacher, projection, matc
     return {"kd": kd, "hard": hard, **terms}
 
 
-def term_weights(c: DistillConfig, stage: str) -> dict[str, float]:
+def term_weights(c, stage: str) -> dict[str, float]:
     """The configured weight of each loss term in a stage ("joint", "intermediate" or "prediction"); 0 = off."""
     own = METHODS[c.method].weights(c)  # intermediate-layer terms
     weights = {"kd": c.alpha, "hard": 1 - c.alpha, **own}
