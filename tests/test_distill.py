@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from safetensors.torch import load_file
 from qtinker.core.errors import QTinkerError
 from qtinker.core.events import Events, read_events
 from qtinker.distill import DistillConfig, distill
-from qtinker.distill import methods
-from qtinker.distill import recipe as d
+from qtinker.data.batching import batch_order, mask_batch
+from qtinker.distill import methods, trainer
 from qtinker.distill.layers import LayerMatch
 
 WORDS = {"pos": ["love", "faith", "grace", "heaven", "spirit"], "neg": ["sin", "law", "king", "land", "house"]}
@@ -202,7 +203,7 @@ def test_out_of_memory_halves_the_batch_and_finishes(setup, monkeypatch):
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
-    monkeypatch.setattr(d, "FAULT_HOOK", fail_first)
+    monkeypatch.setattr(trainer, "FAULT_HOOK", fail_first)
     metrics = distill(config(), Events(tmp / "ev.jsonl", echo=False))
     assert metrics["status"] == "done" and metrics["micro_batches_per_batch"] == 2
     warnings = [e for e in read_events(tmp / "ev.jsonl") if e["type"] == "warning"]
@@ -281,21 +282,21 @@ def test_mask_batch_masks_only_real_tokens():
             return 50
 
     batch = {"input_ids": torch.tensor([[2, 10, 11, 12, 3, 0, 0]] * 40), "attention_mask": torch.tensor([[1] * 5 + [0, 0]] * 40)}
-    out = d.mask_batch(batch, Tok(), 0.5, seed=1)
+    out = mask_batch(batch, Tok(), 0.5, seed=1)
     chosen = out["labels"] != -100
     assert chosen[:, [0, 4, 5, 6]].sum() == 0 and chosen.sum() > 0
     assert torch.equal(out["labels"][chosen], batch["input_ids"][chosen])
-    assert torch.equal(d.mask_batch(batch, Tok(), 0.5, seed=1)["input_ids"], out["input_ids"])  # seeded
+    assert torch.equal(mask_batch(batch, Tok(), 0.5, seed=1)["input_ids"], out["input_ids"])  # seeded
 
 
 def test_batch_order_is_seeded_and_covers_every_example():
     lengths = [random.Random(i).randint(3, 60) for i in range(100)]
-    a = d.batch_order(lengths, 8, seed=1, epoch=0, bucketing=True)
-    assert a == d.batch_order(lengths, 8, seed=1, epoch=0, bucketing=True)
-    assert a != d.batch_order(lengths, 8, seed=1, epoch=1, bucketing=True)
+    a = batch_order(lengths, 8, seed=1, epoch=0, bucketing=True)
+    assert a == batch_order(lengths, 8, seed=1, epoch=0, bucketing=True)
+    assert a != batch_order(lengths, 8, seed=1, epoch=1, bucketing=True)
     assert sorted(i for b in a for i in b) == list(range(100))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in a)
-    naive = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in d.batch_order(lengths, 8, 1, 0, False))
+    naive = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batch_order(lengths, 8, 1, 0, False))
     assert spread < naive / 3
 
 
@@ -344,10 +345,10 @@ def test_resume_after_a_crash_continues_from_the_last_step_checkpoint(setup, mon
         if step == 11:
             raise RuntimeError("killed")
 
-    monkeypatch.setattr(d, "FAULT_HOOK", crash)
+    monkeypatch.setattr(trainer, "FAULT_HOOK", crash)
     with pytest.raises(RuntimeError, match="killed"):
         distill(config(out=str(tmp / "cut"), epochs=2, checkpoint_every=3))
-    monkeypatch.setattr(d, "FAULT_HOOK", None)
+    monkeypatch.setattr(trainer, "FAULT_HOOK", None)
     resumed = distill(config(out=str(tmp / "cut"), epochs=2, checkpoint_every=3, resume=True),
                       Events(tmp / "ev.jsonl", echo=False))
     assert any("step 9/16" in e.get("message", "") for e in read_events(tmp / "ev.jsonl"))
@@ -367,7 +368,7 @@ def test_balanced_loss_terms_stay_within_10x_of_each_other(setup, method, monkey
     """With the default settings no weighted term drowns another, and the frozen weights are logged and saved."""
     config, tmp = setup
     clock = iter(range(0, 10**6, 3))  # a progress event every step (they are emitted every 2 s)
-    monkeypatch.setattr(d.time, "time", lambda: float(next(clock)))
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))
     distill(config(method=method, epochs=3, lr=DistillConfig.lr), Events(tmp / "ev.jsonl", echo=False))
     progress = student_progress(tmp / "ev.jsonl")
     assert len(progress) == 3 * 8  # 64 examples, batches of 8
@@ -398,7 +399,7 @@ def test_unbalanced_losses_are_the_raw_terms_times_their_weights(setup):
 def test_feature_kd_runs_tinybert_two_stages_switching_at_the_set_epoch(setup, monkeypatch):
     config, tmp = setup
     clock = iter(range(0, 10**6, 3))  # a progress event every step
-    monkeypatch.setattr(d.time, "time", lambda: float(next(clock)))
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))
     metrics = distill(config(method="feature", epochs=3, intermediate_epochs=1), Events(tmp / "ev.jsonl", echo=False))
     events = read_events(tmp / "ev.jsonl")
     stages = [(e["stage"], e["epoch"]) for e in events if e["type"] == "stage"]

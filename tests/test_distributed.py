@@ -206,12 +206,12 @@ def test_two_processes_train_the_same_student_as_one(runs):
 _STOP_AT = r"""
 import pathlib, sys
 from qtinker import cli
-from qtinker.distill import recipe as distill
+from qtinker.distill import trainer
 stop, at = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 def hook(step):
     if step == at:
         stop.touch()
-distill.FAULT_HOOK = hook
+trainer.FAULT_HOOK = hook
 sys.exit(cli.main(sys.argv[3:]))
 """
 
