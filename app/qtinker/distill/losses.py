@@ -1,8 +1,8 @@
 """Distillation losses as pure functions: tensors in, a scalar tensor out.
 
 Shapes: B batch, S sequence length, C classes, V vocabulary, D hidden width, H heads,
-L number of matched layers. No function here weighs one term against another: the run
-(`qtinker.distill.recipe`) adds the terms with their configured weights in one visible place.
+L number of matched layers. No function here weighs one term against another: the run adds the
+terms with their configured weights in one visible place (`qtinker.distill.trainer.accumulate_gradients`).
 
 Conventions (see shared/notes/distillation.md, they differ between toolkits):
 - `soft_kl` multiplies by T² (Hinton; HF DistilBERT and PKD do, TextBrewer/TinyBERT don't),
