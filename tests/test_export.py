@@ -113,6 +113,31 @@ def test_zip_never_follows_symlinks_out(tiny_bert, tmp_path):
     assert export_zip(folder, tmp_path / "z.zip", overwrite=True).exists()
 
 
+def test_a_distilled_model_zips_with_qtinkers_own_card(tiny_bert, tmp_path):
+    from qtinker.export.card import write_distill_card
+
+    folder = tiny_bert(name="student", num_labels=2)
+    metrics = {"task": "classification", "method": "logit", "teacher": str(tmp_path / "models" / "bert-base"),
+               "teacher_layers": 12, "teacher_parameters": 109_000_000, "student": "teacher layers [0, 11]",
+               "student_layers": 2, "student_parameters": 4_000_000, "teacher_metrics": {"accuracy": 0.9},
+               "student_metrics": {"accuracy": 0.85}, "retention": 0.9444, "agreement": 0.9, "best_epoch": 2,
+               "epochs_run": 3, "train_examples_per_s": 120.5, "device": "cpu", "layer_map": "logits only",
+               "hyperparameters": {"temperature": 4.0, "kd_weight": 0.5, "hard_label_weight": 0.5, "lr": 5e-5,
+                                   "epochs": 3, "batch_size": 16, "grad_accum": 1, "max_length": 128, "seed": 0}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "README.md").write_text("---\nlibrary_name: transformers\ntags:\n- qtinker\n---\n# an older card\n")
+    card = write_distill_card(folder, metrics, None).read_text()
+    assert not (folder / "ORIGINAL_README.md").exists()  # the older card was ours too: rewritten, not kept
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-classification\n")
+    for text in ("from **bert-base** (12 layers, 109,000,000 parameters) into a 2-layer student", "Retention",
+                 "## How to load", "## Training", "T = 4.0, kd_weight = 0.5", "Best epoch: 2 of 3"):
+        assert text in card, text
+    assert str(tmp_path) not in card
+    names = unzip(export_zip(folder, tmp_path / "student.zip"), tmp_path / "u")
+    assert "student/README.md" in names and "student/ORIGINAL_README.md" not in names
+    assert (tmp_path / "u" / "student" / "README.md").read_text() == card
+
+
 def test_card_for_mlm_encoder_and_write_model_card(tiny_bert):
     folder = tiny_bert(name="mlm")
     text = render_model_card(folder)

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qtinker.core.fsutil import read_json
-from qtinker.models.resolve import (ONNX_FILE, QUANTIZED_WEIGHTS, auto_class_name, check_model_folder,
-                                    read_quantization)
+from qtinker.models.resolve import ONNX_FILE, QUANTIZED_WEIGHTS, auto_class_name, read_quantization
 
 CARD_TAG = "<!-- written by qtinker: model card -->"
 
@@ -41,63 +40,67 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else str(x)
 
 
-def write_distill_card(folder: Path, metrics: dict, config: Any) -> Path:
-    """README.md with YAML front matter, the figures of metrics.json and how to load the model."""
-    task = metrics["task"]
-    pipeline = "fill-mask" if task == "mlm" else "text-classification"
-    keys = {"classification": ["accuracy", "macro_f1"], "regression": ["mse", "pearson"], "mlm": ["mlm_accuracy"]}[task]
-    t, s = metrics["teacher_metrics"], metrics["student_metrics"]
-    rows = "\n".join(f"| {k} | {_fmt(t.get(k))} | {_fmt(s.get(k))} |" for k in keys)
-    hp = metrics["hyperparameters"]
-    auto = "AutoModelForMaskedLM" if task == "mlm" else "AutoModelForSequenceClassification"
+def write_distill_card(folder: Path, metrics: dict | None = None, config: Any = None) -> Path:
+    """The distill run's card: write_model_card, once metrics.json and run_config.json are in the folder
+    (the arguments are what the run used to pass; the card reads the same figures from the folder)."""
+    return write_model_card(folder)
+
+
+def _front_matter(distilled: dict) -> list[str]:
+    """The Hub's metadata block (first in README.md) of a distilled model."""
+    pipeline = "fill-mask" if distilled.get("task") == "mlm" else "text-classification"
+    return ["---", "library_name: transformers", f"pipeline_tag: {pipeline}", "tags:", "- qtinker", "- distillation",
+            f"- {distilled['method']}-kd", "---", ""]
+
+
+def _distilled_from(distilled: dict) -> list[str]:
+    """One paragraph: which teacher, how many layers and parameters on each side."""
+    if not distilled.get("teacher"):
+        return []
+    teacher = f"**{display_name(distilled['teacher'])}**"
+    if distilled.get("teacher_layers") and distilled.get("teacher_parameters"):
+        teacher += f" ({distilled['teacher_layers']} layers, {distilled['teacher_parameters']:,} parameters)"
+    student = f"a {distilled.get('student_layers', '?')}-layer student"
+    if distilled.get("student_parameters"):
+        student += f" ({distilled['student_parameters']:,} parameters; {distilled.get('student')})"
+    return [f"Distilled with QTinker ({distilled['method']} KD) from {teacher} into {student}.", ""]
+
+
+def _training_lines(distilled: dict) -> list[str]:
+    """How the student was trained: the loss as weighted, the hyperparameters, where the rest is."""
+    hp = distilled.get("hyperparameters")
+    if not hp:
+        return []
     extra = ""
-    if metrics["method"] == "patient":
+    if distilled["method"] == "patient":
         extra = f"; + patient_weight · PKD [CLS] loss, patient_weight = {hp['patient_weight']}"
-    elif metrics["method"] == "feature":
+    elif distilled["method"] == "feature":
         extra = (f"; + hidden / attention / embedding MSE, weights {hp['hidden_weight']} / "
                  f"{hp['attention_weight']} / {hp['embedding_weight']}")
-    text = f"""---
-library_name: transformers
-pipeline_tag: {pipeline}
-tags:
-- qtinker
-- distillation
-- {metrics['method']}-kd
----
+    lines = ["## Training", "",
+             "Loss: `kd_weight · T² · KL(teacher_T ‖ student_T) + hard_label_weight · CE(student, labels)`",
+             f"(T² applied) with T = {hp['temperature']}, kd_weight = {hp['kd_weight']}, "
+             f"hard_label_weight = {hp['hard_label_weight']}{extra}.",
+             f"lr {hp['lr']}, {hp['epochs']} epochs, batch {hp['batch_size']} × {hp['grad_accum']}, "
+             f"max length {hp['max_length']}, seed {hp['seed']}."]
+    if distilled.get("best_epoch"):
+        lines.append(f"Best epoch: {distilled['best_epoch']} of {distilled.get('epochs_run')}; training speed "
+                     f"{distilled.get('train_examples_per_s')} examples/s on {distilled.get('device')}.")
+    if distilled.get("layer_map"):
+        lines.append(f"Layer map: {distilled['layer_map']}.")
+    return lines + ["The exact configuration is in `run_config.json` (`source_run_config.json` beside a quantized "
+                    "model).", ""]
 
-# Distilled student ({metrics['method']} KD)
 
-Distilled with QTinker from **{display_name(metrics['teacher'])}** ({metrics['teacher_layers']} layers,
-{metrics['teacher_parameters']:,} parameters) into a {metrics['student_layers']}-layer student
-({metrics['student_parameters']:,} parameters; {metrics['student']}).
-
-| metric | teacher | student |
-|---|---|---|
-{rows}
-
-- Retention (student / teacher): **{_fmt(metrics['retention'])}**
-- Agreement with the teacher's predictions: {_fmt(metrics['agreement'])}
-- Best epoch: {metrics['best_epoch']} of {metrics['epochs_run']}; training speed {metrics['train_examples_per_s']} examples/s on {metrics['device']}
-- Layer map: {metrics['layer_map']}
-
-## Training
-
-Loss: `kd_weight · T² · KL(teacher_T ‖ student_T) + hard_label_weight · CE(student, labels)`
-(T² applied) with T = {hp['temperature']}, kd_weight = {hp['kd_weight']}, hard_label_weight = {hp['hard_label_weight']}{extra}.
-lr {hp['lr']}, {hp['epochs']} epochs, batch {hp['batch_size']} × {hp['grad_accum']}, max length {hp['max_length']}, seed {hp['seed']}.
-The exact configuration is in `run_config.json`; every figure above is in `metrics.json`.
-
-## Use
-
-```python
-from transformers import AutoTokenizer, {auto}
-tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
-model = {auto}.from_pretrained("path/to/this/folder")
-```
-"""
-    path = Path(folder) / "README.md"
-    path.write_text(text, encoding="utf-8")
-    return path
+def _distillation(folder: Path) -> tuple[dict | None, bool]:
+    """(the distillation's metrics, whether they are this folder's own), from metrics.json or, for a quantized
+    model, the source_metrics.json it kept; (None, False) for a model that was not distilled here."""
+    for name, own in (("metrics.json", True), ("source_metrics.json", False)):
+        if (folder / name).is_file():
+            found = json.loads((folder / name).read_text(encoding="utf-8"))
+            if "teacher_metrics" in found and found.get("method"):
+                return found, own
+    return None, False
 
 
 def results_lines(folder: Path) -> list[str]:
@@ -170,18 +173,22 @@ def _times(before: float | None, after: float | None) -> str:
 
 # ---------------------------------------------------------------- model card
 def render_model_card(folder: Path) -> str:
+    """README.md's text for any model folder QTinker wrote (or imported): what it is, how to load it, where
+    it came from, its quantization, its results, and, for a distilled model, how it was trained."""
     folder = Path(folder)
-    config = check_model_folder(folder)
+    config = read_json(folder / "config.json")
     marker = read_quantization(folder)
+    distilled, own = _distillation(folder)
     run = {}  # what the model came from: a distillation's run config and metrics, when present
     for name in ("source_metrics.json", "source_run_config.json", "run_config.json"):
         if (folder / name).is_file():
             run.update({k: v for k, v in read_json(folder / name).items() if isinstance(v, (str, int, float, list))})
-    lines = [CARD_TAG, f"# {folder.name}", ""]
+    lines = [*(_front_matter(distilled) if distilled and own else []), CARD_TAG, f"# {folder.name}", ""]
     kind = (f"ONNX Runtime ({marker['scheme']})" if marker and marker.get("format") == "onnx"
             else f"TorchAO {marker['scheme']} quantized" if marker else "float")
     lines += [f"A {config.get('num_hidden_layers', '?')}-layer, {config.get('hidden_size', '?')}-wide "
               f"{config.get('model_type')} ({', '.join(config.get('architectures') or ['encoder'])}), {kind}.", ""]
+    lines += _distilled_from(distilled) if distilled else []
     # how to load comes first: plain transformers / onnxruntime, then compiling, then QTinker's shortcut
     lines += ["## How to load", "", "In plain Python (run inside the unzipped folder, or change `folder`):", "",
               "```python", load_snippet(config, marker), "```", ""]
@@ -220,6 +227,9 @@ def render_model_card(folder: Path) -> str:
     results = results_lines(folder)
     if results:
         lines += ["", "## Results", "", *results, ""]
+    training = _training_lines(distilled) if distilled else []
+    if training:
+        lines += ["", *training]
     return "\n".join(lines)
 
 
@@ -279,11 +289,19 @@ labels = config.get("id2label") or {}
 print([labels.get(str(i), f"LABEL_{i}") for i in logits.argmax(-1)])"""
 
 
+def is_our_card(path: Path) -> bool:
+    """Whether README.md was written by QTinker (marked, or a distill card from before the mark), so that
+    it is rewritten, not kept as someone else's."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    front_matter = text.split("\n---\n", 1)[0] + "\n" if text.startswith("---\n") else ""
+    return CARD_TAG in text or "\n- qtinker\n" in front_matter
+
+
 def write_model_card(model_dir: str | Path) -> Path:
     """(Re)write README.md; a README that QTinker did not write is kept as ORIGINAL_README.md."""
     folder = Path(model_dir)
     card = folder / "README.md"
-    if card.exists() and CARD_TAG not in card.read_text(encoding="utf-8", errors="replace"):
+    if card.exists() and not is_our_card(card):
         os.replace(card, folder / "ORIGINAL_README.md")
     card.write_text(render_model_card(folder), encoding="utf-8")
     return card

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from qtinker.core.errors import QTinkerError
 from qtinker.core.fsutil import temp_file, write_json
-from qtinker.export.card import CARD_TAG, render_model_card
+from qtinker.export.card import is_our_card, render_model_card
 from qtinker.models.resolve import MARKER, check_model_folder, resolve_model
 
 
@@ -92,7 +92,7 @@ def export_zip(model_dir: str | Path, zip_path: str | Path | None = None, overwr
                         continue
                     rel = path.relative_to(folder).as_posix()
                     if rel == "README.md":  # ours replaces it; a foreign one is kept beside it
-                        if CARD_TAG in path.read_text(encoding="utf-8", errors="replace"):
+                        if is_our_card(path):
                             continue
                         rel = "ORIGINAL_README.md"
                     zf.write(path, f"{folder.name}/{rel}")
