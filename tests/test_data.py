@@ -280,7 +280,22 @@ def test_bundled_kjv_dataset():
     unlabelled = load_unlabelled(sample_unlabelled_path())
     assert len(unlabelled) == 2000 and set(unlabelled).isdisjoint(train.texts + test.texts)
     folder = sample_dataset_path().parent
-    assert sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) < 1.5e6
+    assert sum(f.stat().st_size for f in folder.glob("kjv_*")) < 1.0e6
+
+
+def test_bundled_wordnet_dataset():
+    folder = sample_dataset_path().parent
+    train, test = load_labelled(folder / "wordnet_nouns_train.csv"), load_labelled(folder / "wordnet_nouns_test.csv")
+    check_eval_labels(train, test)
+    names = ["act", "animal", "artifact", "cognition", "communication", "food", "person", "plant"]
+    assert train.label_names == names and test.label_names == names
+    assert train.class_counts() == {n: 600 for n in names}
+    assert test.class_counts() == {n: 150 for n in names}
+    assert all(5 <= len(t.split()) <= 40 for t in train.texts + test.texts)
+    assert set(train.texts).isdisjoint(test.texts)
+    unlabelled = load_unlabelled(folder / "wordnet_unlabelled.txt")
+    assert len(unlabelled) == 1000 and set(unlabelled).isdisjoint(train.texts + test.texts)
+    assert sum(f.stat().st_size for f in folder.glob("wordnet_*")) < 0.7e6
 
 
 def test_json_list_reports_real_lines(tmp_path):
@@ -310,4 +325,15 @@ def test_bundled_kjv_dataset_is_what_the_builder_writes(tmp_path):
     stats = builder["build"](tmp_path, seed=13)
     assert stats["unlabelled"] == 2000 and sum(stats["train"].values()) == 3000
     for name in ("kjv_sections_train.csv", "kjv_sections_test.csv", "kjv_unlabelled.txt"):
+        assert (tmp_path / name).read_bytes() == (sample_dataset_path().parent / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").is_file(), reason="Debian's wordnet-base package is not installed")
+def test_bundled_wordnet_dataset_is_what_the_builder_writes(tmp_path):
+    import runpy
+
+    builder = runpy.run_path(str(sample_dataset_path().parent / "build_wordnet_dataset.py"))
+    stats = builder["build"](tmp_path, seed=13)
+    assert stats["unlabelled"] == 1000 and sum(stats["train"].values()) == 4800
+    for name in ("wordnet_nouns_train.csv", "wordnet_nouns_test.csv", "wordnet_unlabelled.txt"):
         assert (tmp_path / name).read_bytes() == (sample_dataset_path().parent / name).read_bytes(), name
