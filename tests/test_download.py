@@ -13,6 +13,7 @@ import pytest
 from local_servers import FileServer, HubServer, folder_files
 from qtinker.core.errors import QTinkerError
 from qtinker.models import download
+from qtinker.models.fetch import http
 from qtinker.models.tf1 import convert
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -23,7 +24,7 @@ TINY_GCS = "/bert_models/2020_02_20/uncased_L-2_H-128_A-2.zip"  # the catalog pa
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(download, "RETRY_BASE_DELAY", 0.01)
+    monkeypatch.setattr(http, "RETRY_BASE_DELAY", 0.01)
 
 
 def check_outputs_match_reference(folder: Path) -> None:
@@ -100,7 +101,7 @@ def test_dropped_connection_resumes_with_range(tmp_path):
 
 
 def test_interrupted_run_leaves_no_model_and_next_run_resumes(monkeypatch, tmp_path):
-    monkeypatch.setattr(download, "RETRIES", 0)
+    monkeypatch.setattr(http, "RETRIES", 0)
     with FileServer({"/a.zip": ZIP}) as server:
         server.drop_once["/a.zip"] = 100_000
         with pytest.raises(QTinkerError, match="cannot reach 127.0.0.1"):
@@ -318,8 +319,8 @@ def test_hub_errors_are_one_line(hub, monkeypatch):
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="advisory locks are POSIX-only")
 def test_second_download_of_the_same_url_is_refused(tmp_path):
     lock = tmp_path / "a.lock"
-    with download._exclusive(lock, "http://x/a.zip"):
+    with http.exclusive(lock, "http://x/a.zip"):
         with pytest.raises(QTinkerError, match="another QTinker process is downloading this right now"):
-            with download._exclusive(lock, "http://x/a.zip"):
+            with http.exclusive(lock, "http://x/a.zip"):
                 pass
     assert not lock.exists()

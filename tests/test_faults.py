@@ -17,6 +17,7 @@ import pytest
 from local_servers import FileServer
 from qtinker.core.errors import QTinkerError
 from qtinker.models import download
+from qtinker.models.fetch import http
 
 ZIP = (Path(__file__).parent / "fixtures" / "tiny_bert_L-2_H-32_A-2.zip").read_bytes()
 REPO = Path(__file__).resolve().parents[1]
@@ -53,8 +54,8 @@ def full_after(limit: int, names: tuple[str, ...]):
 
 
 def test_disk_full_while_downloading_is_one_line_and_the_next_run_resumes(monkeypatch, tmp_path):
-    monkeypatch.setattr(download, "RETRY_BASE_DELAY", 0.01)
-    monkeypatch.setattr(download, "CHUNK", 4096)  # small reads, so some bytes reach the disk before it is full
+    monkeypatch.setattr(http, "RETRY_BASE_DELAY", 0.01)
+    monkeypatch.setattr(http, "CHUNK", 4096)  # small reads, so some bytes reach the disk before it is full
     with FileServer({"/a.zip": ZIP}) as server:
         with monkeypatch.context() as m:
             m.setattr(Path, "open", full_after(len(ZIP) // 3, (".part",)))
