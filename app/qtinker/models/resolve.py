@@ -1,5 +1,6 @@
 """A model folder, found and loaded: the one name resolver, the one "is this a model folder" check and the
-one loader (float, TorchAO-quantized or ONNX), used by every stage and by `qtinker.load`.
+one loader (float, TorchAO-quantized or ONNX), used by every stage and by `qtinker.load`; and, for a run
+that trains (distill, fine-tune), its config, tokenizer, a classifier with the task's labels or a masked LM.
 
 A float folder is a plain Hugging Face folder (config.json, model.safetensors, tokenizer):
 transformers loads it as is. A TorchAO folder is one too: model.safetensors holds TorchAO's tensor
@@ -25,6 +26,7 @@ QUANTIZED_WEIGHTS = "quantized_model.safetensors"
 MARKER = "quantization.json"
 ONNX_FILE = "model.onnx"
 BERT_FAMILY = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra")
+LOAD_KW = dict(trust_remote_code=False, use_safetensors=True)
 _HEADS = {"ForSequenceClassification": "AutoModelForSequenceClassification", "ForMaskedLM": "AutoModelForMaskedLM",
           "ForTokenClassification": "AutoModelForTokenClassification",
           "ForQuestionAnswering": "AutoModelForQuestionAnswering"}
@@ -116,7 +118,7 @@ def load_model(path: str | Path, device: str = "cpu"):
                            "the folder needs vocab.txt or tokenizer.json") from exc
     if marker is None:
         try:
-            model = auto.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
+            model = auto.from_pretrained(path, **LOAD_KW)
         except Exception as exc:
             raise QTinkerError(f"{path}: cannot load the model ({type(exc).__name__}: {str(exc)[:200]}); "
                                "the folder is corrupt or incomplete, download or re-create it") from exc
@@ -173,3 +175,64 @@ def _load_quantized(path: Path, marker: dict, auto, device: str):
         module, attr = alias.rsplit(".", 1)
         setattr(model.get_submodule(module), attr, model.get_parameter(kept))
     return model.to(device).eval()
+
+
+# ---------------------------------------------------------------- loading for a run (distill, fine-tune)
+def load_config(name_or_path: str, field: str = "teacher"):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise QTinkerError(f"{field}: cannot load {name_or_path} ({str(exc).splitlines()[0][:160]}); "
+                           "give a local model folder or download the model first") from exc
+
+
+def load_tokenizer(name_or_path: str, field: str = "teacher"):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise QTinkerError(f"{field}: {name_or_path} has no usable tokenizer ({str(exc).splitlines()[0][:160]}); "
+                           "use a folder with vocab.txt or tokenizer.json") from exc
+
+
+def has_task_head(config, num_labels: int) -> bool:
+    """True when the model was saved with a sequence-classification head of the right size."""
+    archs = config.architectures or []
+    return any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == num_labels
+
+
+def load_classifier(name_or_path: str, num_labels: int, label_names: list[str], field: str = "teacher"):
+    """AutoModelForSequenceClassification with the task's labels (a new head if it has none)."""
+    from transformers import AutoModelForSequenceClassification
+
+    kw = task_kwargs(num_labels, label_names)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(name_or_path, ignore_mismatched_sizes=True, **kw, **LOAD_KW)
+    except (OSError, ValueError) as exc:
+        raise QTinkerError(f"{field}: cannot load {name_or_path} as a classifier ({str(exc).splitlines()[0][:160]})") from exc
+
+
+def load_masked_lm(name_or_path: str, field: str = "teacher"):
+    """AutoModelForMaskedLM; refuses a model saved without its MLM head (its predictions would be random)."""
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True, **LOAD_KW)
+    except (OSError, ValueError) as exc:
+        raise QTinkerError(f"{field}: cannot load {name_or_path} as a masked LM ({str(exc).splitlines()[0][:160]})") from exc
+    missing = [k for k in info.get("missing_keys", []) if "embeddings" not in k and "position_ids" not in k]
+    if field == "teacher" and missing:
+        raise QTinkerError(f"teacher: {name_or_path} was saved without its MLM head ({missing[0]} missing), so it "
+                           "cannot teach masked-token predictions; use a pre-training checkpoint (e.g. bert-base-uncased) "
+                           "or give --data for task distillation")
+    return model
+
+
+def task_kwargs(num_labels: int, label_names: list[str]) -> dict:
+    if not label_names:  # regression
+        return dict(num_labels=1, problem_type="regression")
+    return dict(num_labels=num_labels, id2label=dict(enumerate(label_names)),
+                label2id={n: i for i, n in enumerate(label_names)}, problem_type="single_label_classification")

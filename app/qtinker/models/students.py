@@ -1,7 +1,6 @@
-"""Finding models and building students: from a folder, from some of the teacher's layers,
-or from a fresh config with the teacher's vocabulary.
-
-Loading never executes model code: `trust_remote_code=False`, safetensors only.
+"""Building students: from some of the teacher's layers, or from a fresh config with the teacher's
+vocabulary, and checking that a given student shares the teacher's vocabulary. Finding and loading
+models is models.resolve (its names are imported here too, for the distill run).
 """
 
 from __future__ import annotations
@@ -13,73 +12,13 @@ from torch import nn
 from qtinker.core.errors import QTinkerError
 from qtinker.distill.layers import check_layer_list, student_init_layers
 from qtinker.models import resolve
-
-LOAD_KW = dict(trust_remote_code=False, use_safetensors=True)
+from qtinker.models.resolve import (  # noqa: F401  (the distill run imports them from here; the lead moves it)
+    LOAD_KW, has_task_head, load_classifier, load_config, load_masked_lm, load_tokenizer, task_kwargs)
 
 
 def resolve_model(name_or_path: str, field: str = "teacher") -> str:
     """models.resolve.resolve_model, Hub ids allowed, as a str (the distill run's name for it)."""
     return str(resolve.resolve_model(name_or_path, field, hub=True))
-
-
-def load_config(name_or_path: str, field: str = "teacher"):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise QTinkerError(f"{field}: cannot load {name_or_path} ({str(exc).splitlines()[0][:160]}); "
-                           "give a local model folder or download the model first") from exc
-
-
-def load_tokenizer(name_or_path: str, field: str = "teacher"):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise QTinkerError(f"{field}: {name_or_path} has no usable tokenizer ({str(exc).splitlines()[0][:160]}); "
-                           "use a folder with vocab.txt or tokenizer.json") from exc
-
-
-def has_task_head(config, num_labels: int) -> bool:
-    """True when the model was saved with a sequence-classification head of the right size."""
-    archs = config.architectures or []
-    return any(a.endswith("ForSequenceClassification") for a in archs) and config.num_labels == num_labels
-
-
-def load_classifier(name_or_path: str, num_labels: int, label_names: list[str], field: str = "teacher"):
-    """AutoModelForSequenceClassification with the task's labels (a new head if it has none)."""
-    from transformers import AutoModelForSequenceClassification
-
-    kw = task_kwargs(num_labels, label_names)
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(name_or_path, ignore_mismatched_sizes=True, **kw, **LOAD_KW)
-    except (OSError, ValueError) as exc:
-        raise QTinkerError(f"{field}: cannot load {name_or_path} as a classifier ({str(exc).splitlines()[0][:160]})") from exc
-
-
-def load_masked_lm(name_or_path: str, field: str = "teacher"):
-    """AutoModelForMaskedLM; refuses a model saved without its MLM head (its predictions would be random)."""
-    from transformers import AutoModelForMaskedLM
-
-    try:
-        model, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True, **LOAD_KW)
-    except (OSError, ValueError) as exc:
-        raise QTinkerError(f"{field}: cannot load {name_or_path} as a masked LM ({str(exc).splitlines()[0][:160]})") from exc
-    missing = [k for k in info.get("missing_keys", []) if "embeddings" not in k and "position_ids" not in k]
-    if field == "teacher" and missing:
-        raise QTinkerError(f"teacher: {name_or_path} was saved without its MLM head ({missing[0]} missing), so it "
-                           "cannot teach masked-token predictions; use a pre-training checkpoint (e.g. bert-base-uncased) "
-                           "or give --data for task distillation")
-    return model
-
-
-def task_kwargs(num_labels: int, label_names: list[str]) -> dict:
-    if not label_names:  # regression
-        return dict(num_labels=1, problem_type="regression")
-    return dict(num_labels=num_labels, id2label=dict(enumerate(label_names)),
-                label2id={n: i for i, n in enumerate(label_names)}, problem_type="single_label_classification")
 
 
 def check_same_vocab(teacher_tokenizer, student_tokenizer, student_name: str) -> None:
