@@ -64,6 +64,25 @@ def float_logits(folder):
     return o.logits if getattr(o, "logits", None) is not None else o.last_hidden_state[:, 0]
 
 
+def test_quantize_model_works_in_place_without_files(tiny_bert, tmp_path):
+    from qtinker.export import load_model
+    from qtinker.quantize import quantize_model_
+
+    folder = tiny_bert(num_labels=2)
+    model, tok = load_model(folder)
+    reference = float_logits(folder)
+    before = set(tmp_path.rglob("*"))
+    plans = quantize_model_(model, QuantizeConfig(scheme="int8-weight"))
+    assert set(tmp_path.rglob("*")) == before  # nothing written
+    actions = {p.name: p.action for p in plans}
+    assert actions["bert.encoder.layer.0.attention.self.query"] == "int8-weight"
+    assert actions["classifier"] == "float"  # the head stays in full precision by default
+    assert type(model.bert.encoder.layer[0].attention.self.query.weight).__name__ != "Parameter"  # a TorchAO tensor
+    with torch.inference_mode():
+        logits = model(**tok(TEXTS, padding=True, return_tensors="pt")).logits
+    assert torch.nn.functional.cosine_similarity(logits.flatten(), reference.flatten(), dim=0) > 0.99
+
+
 def test_available_schemes_names_what_runs_here():
     schemes = available_schemes()
     assert set(schemes) == {"int8-dynamic", "int8-weight", "int4-weight", "onnx", "onnx-int8"}

@@ -1,6 +1,7 @@
-"""Quantization: the TorchAO run (recipe) and the ONNX Runtime run (onnx_recipe), their config and
-schemes, TorchAO's door and (de)serialization (serialization), ONNX export and sessions (onnx), measuring
-before and after (measure, latency), comparing formats, and the finished folder (output).
+"""Quantization: the TorchAO run (recipe; `quantize_model_` is its file-free core) and the ONNX Runtime run
+(onnx_recipe), their config and schemes, ONNX export (onnx), measuring before and after (measure, latency),
+comparing formats, and the staged, finished folder (output). TorchAO's door and the ONNX session are in
+qtinker.models, beside the loader.
 """
 
 from qtinker import _lazy_exports
@@ -10,6 +11,7 @@ _EXPORTS = {  # public name -> its module, imported on first use
     "SCHEMES": "qtinker.quantize.config",
     "available_schemes": "qtinker.quantize.recipe",
     "quantize": "qtinker.quantize.recipe",
+    "quantize_model_": "qtinker.quantize.recipe",
 }
 __all__ = sorted(_EXPORTS)
 

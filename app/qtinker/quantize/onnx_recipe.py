@@ -4,13 +4,11 @@ measurement as the TorchAO schemes (qtinker.quantize.recipe)."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
 import transformers
 
-from qtinker.core import fsutil
 from qtinker.core.fsutil import read_json, write_json
 from qtinker.core.errors import QTinkerError
 from qtinker.quantize.config import SCHEMES
@@ -18,7 +16,7 @@ from qtinker.quantize.measure import cold_starts, measure_model, output_cosine, 
 from qtinker.models.onnx_session import OnnxClassifier, import_onnxruntime
 from qtinker.models.resolve import MARKER, ONNX_FILE, load_model
 from qtinker.quantize.onnx import OPSET, export_onnx, fuse, quantize_int8
-from qtinker.quantize.output import finish_folder
+from qtinker.quantize.output import finish_folder, staged_output
 
 
 def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, before: dict, events) -> dict:
@@ -27,9 +25,7 @@ def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, be
     ort = import_onnxruntime()
     int8 = config.scheme == "onnx-int8"
     hf = model.config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fsutil.staging_folder(out)
-    try:
+    with staged_output(out) as tmp:
         # --- export a fresh float copy with eager attention (the graph onnxruntime can fuse)
         eager = type(model).from_pretrained(source, attn_implementation="eager", use_safetensors=True).eval()
         events.log(f"exporting to ONNX (opset {OPSET}, legacy exporter, eager attention)")
@@ -85,9 +81,5 @@ def quantize_to_onnx(config, source: Path, out: Path, model, tokenizer, data, be
             "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__,
                          "transformers": transformers.__version__},
         }
-        finish_folder(tmp, out, metrics, config, source)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    events.emit("done", result={k: metrics[k] for k in ("scheme", "ratios", "output_cosine")}, out=str(out))
+        finish_folder(tmp, out, metrics, config, source, events)
     return metrics

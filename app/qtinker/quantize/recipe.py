@@ -2,10 +2,12 @@
 
 `qtinker quantize MODEL --scheme int8-dynamic --out DIR [--eval-data test.csv]`
 
-The run: load the float model -> measure it (size, accuracy, latency) -> plan which layers
-get which TorchAO config (and which are skipped, and why) -> `quantize_` -> measure again on
-the same machine in the same process -> save DIR (safetensors + quantization.json) -> reload
-DIR and check the outputs match -> metrics.json + model card -> move DIR into place.
+The run, top to bottom in `_quantize`: setup (the gate, the data, the float model) -> measure it (size,
+accuracy, latency) -> `quantize_model_` (plan which layers get which TorchAO config, and which are skipped
+and why, then `quantize_`) -> measure again on the same machine in the same process -> save into a
+staging folder (safetensors + quantization.json), reload it and check the outputs match -> metrics.json
++ model card -> move it into place (quantize/output.py). `quantize_model_` is the same step without
+files, for a model you already hold.
 
 torchao enters only through `models.serialization.import_torchao`, always lazily (inside functions): importing
 it prints extension-loading noise on CPU-only machines and costs a second.
@@ -32,7 +34,7 @@ from qtinker.quantize.measure import output_cosine as _output_cosine
 from qtinker.quantize.measure import public as _public
 from qtinker.quantize.measure import ratios as _ratios
 from qtinker.quantize.measure import warn_on_accuracy_loss, weights_bytes  # noqa: F401  (weights_bytes: bench's import)
-from qtinker.quantize.output import finish_folder
+from qtinker.quantize.output import finish_folder, staged_output
 from qtinker.models.resolve import load_model, read_quantization, resolve_model
 from qtinker.models.serialization import import_torchao
 
@@ -213,41 +215,25 @@ def _says_disk_full(exc: BaseException) -> bool:
     return any(text in str(exc) for text in ("No space left on device", "Disk quota exceeded", "StorageFull"))
 
 
+def quantize_model_(model: torch.nn.Module, config: QuantizeConfig) -> list[LayerPlan]:
+    """Quantize `model` in place with config's TorchAO scheme (one FqnToConfig through torchao's `quantize_`,
+    tied output layers re-tied); returns the plan: what each Linear and Embedding became, and why. No files."""
+    plans = plan_layers(model, config)
+    apply_plan(model, plans, config)
+    return plans
+
+
 def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
     """Quantize config.model into config.out; returns the metrics written to OUT/metrics.json."""
     from qtinker.export import package as export  # the save twin (the load twin: models.resolve)
 
+    # --- setup: the gate, the data, the float model
     events = events or Events(echo=False)
-    source = resolve_model(config.model)
-    if not config.out:
-        raise QTinkerError("--out: missing; name the folder for the quantized model, e.g. --out outputs/my-model-int8")
-    out = Path(config.out).expanduser().resolve()
-    if out.exists() and not config.overwrite:
-        raise QTinkerError(f"{out}: already exists; choose another --out or pass --overwrite")
-    reason = available_schemes().get(config.scheme, f"unknown scheme; choose one of {', '.join(SCHEMES)}")
-    if reason:
-        raise QTinkerError(f"--scheme {config.scheme}: {reason}")
-    device = _pick_device(config)
-    if config.scheme == "int4-weight" and device != "cuda":
-        raise QTinkerError(f"--scheme int4-weight --device {device}: int4 runs on CUDA only; use --device cuda or int8-dynamic")
+    source, out, device = _check_run(config)
     torchao = import_torchao()
     events.emit("start", model=str(source), scheme=config.scheme, device=device, threads=torch.get_num_threads())
-
-    # --- data and the float model
-    data = None
-    if config.eval_data:
-        from qtinker.data.loaders import load_labelled
-
-        data = load_labelled(config.eval_data)
-    model, tokenizer = load_model(source, device="cpu")
-    if read_quantization(source):
-        raise QTinkerError(f"{source}: is already quantized; quantize the float model it came from")
-    dtype = torch.bfloat16 if config.scheme == "int4-weight" else torch.float32
-    model = model.to(device=device, dtype=dtype).eval()
-    if config.scheme in ONNX_SCHEMES:
-        from qtinker.quantize.onnx import check_exportable
-
-        check_exportable(model)  # before minutes of measuring
+    data, model, tokenizer = _setup_model(config, source, device)
+    dtype = next(model.parameters()).dtype
 
     # --- before
     events.log(f"measuring the float model on {device} ({torch.get_num_threads()} threads)")
@@ -262,8 +248,8 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
 
     # --- quantize
     events.emit("progress", stage="quantize", message=config.scheme)
-    plans = plan_layers(model, config)
-    quantized = apply_plan(copy.deepcopy(model), plans, config)
+    quantized = copy.deepcopy(model)
+    plans = quantize_model_(quantized, config)
     skipped = [{"name": p.name, "kind": p.kind, "reason": p.reason} for p in plans if p.action == "float"]
     for layer in skipped:
         events.emit("warning", message=f"left in full precision: {layer['name']} ({layer['reason']})")
@@ -277,15 +263,13 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
 
     # --- save, reload, check
     events.emit("progress", stage="save", message="saving, reloading and comparing outputs")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fsutil.staging_folder(out)
-    try:
+    versions = {"torch": torch.__version__, "torchao": torchao.__version__, "transformers": _transformers_version()}
+    with staged_output(out) as tmp:
         marker = {
             "scheme": config.scheme, "embeddings": config.embeddings,
             "group_size": config.group_size if config.scheme == "int4-weight" else None,
             "dtype": str(dtype).replace("torch.", ""), "load_device": "cuda" if config.scheme == "int4-weight" else "any",
-            "quantized_on": device, "torch": torch.__version__, "torchao": torchao.__version__,
-            "transformers": _transformers_version(), "source": source.name,
+            "quantized_on": device, **versions, "source": source.name,
             "skipped_layers": skipped, "tied": [list(p) for p in tied_pairs(plans)],
             "layers": {p.name: p.action for p in plans},
         }
@@ -305,14 +289,46 @@ def _quantize(config: QuantizeConfig, events: Events | None = None) -> dict:
             "reload_output_cosine": round(reload_cosine, 6),
             "accuracy_warning": warn_on_accuracy_loss(found, config.scheme, events),
             "skipped_layers": skipped, "quantized_layers": sum(p.action != "float" for p in plans),
-            "versions": {"torch": torch.__version__, "torchao": torchao.__version__, "transformers": _transformers_version()},
+            "versions": versions,
         }
-        finish_folder(tmp, out, metrics, config, source)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    events.emit("done", result={k: metrics[k] for k in ("scheme", "ratios", "output_cosine")}, out=str(out))
+        finish_folder(tmp, out, metrics, config, source, events)
     return metrics
+
+
+def _check_run(config: QuantizeConfig) -> tuple[Path, Path, str]:
+    """(source folder, OUT, device) once the run can start: before anything loads."""
+    source = resolve_model(config.model)
+    if not config.out:
+        raise QTinkerError("--out: missing; name the folder for the quantized model, e.g. --out outputs/my-model-int8")
+    out = Path(config.out).expanduser().resolve()
+    if out.exists() and not config.overwrite:
+        raise QTinkerError(f"{out}: already exists; choose another --out or pass --overwrite")
+    reason = available_schemes().get(config.scheme, f"unknown scheme; choose one of {', '.join(SCHEMES)}")
+    if reason:
+        raise QTinkerError(f"--scheme {config.scheme}: {reason}")
+    device = _pick_device(config)
+    if config.scheme == "int4-weight" and device != "cuda":
+        raise QTinkerError(f"--scheme int4-weight --device {device}: int4 runs on CUDA only; use --device cuda or int8-dynamic")
+    return source, out, device
+
+
+def _setup_model(config: QuantizeConfig, source: Path, device: str):
+    """(eval data or None, the float model on `device` in the scheme's dtype, its tokenizer)."""
+    data = None
+    if config.eval_data:
+        from qtinker.data.loaders import load_labelled
+
+        data = load_labelled(config.eval_data)
+    model, tokenizer = load_model(source, device="cpu")
+    if read_quantization(source):
+        raise QTinkerError(f"{source}: is already quantized; quantize the float model it came from")
+    dtype = torch.bfloat16 if config.scheme == "int4-weight" else torch.float32
+    model = model.to(device=device, dtype=dtype).eval()
+    if config.scheme in ONNX_SCHEMES:
+        from qtinker.quantize.onnx import check_exportable
+
+        check_exportable(model)  # before minutes of measuring
+    return data, model, tokenizer
 
 
 def _transformers_version() -> str:
