@@ -59,18 +59,7 @@ def fetch(url: str, part: Path, events=None, space_needed=None, server_hash: dic
                     raise requests.HTTPError(f"HTTP {r.status_code} {r.reason}")
                 if r.status_code >= 400:
                     raise QTinkerError(f"{url}: the server answered HTTP {r.status_code} {r.reason}; try again later or use --source hf")
-                for item in r.headers.get("x-goog-hash", "").split(","):
-                    key, _, value = item.strip().partition("=")
-                    if key == "md5" and server_hash is not None:
-                        server_hash["md5"] = value
-                if r.status_code == 206:
-                    first, total = _content_range(r.headers.get("Content-Range", ""))
-                    if first != have:
-                        raise ValueError(f"server resumed at byte {first}, not {have}")
-                    start = have
-                else:  # 200: the server ignored Range (or this is a fresh start)
-                    start = 0
-                    total = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
+                start, total = _span(r, have, server_hash)
                 if not checked and total and space_needed:
                     check_disk(part.parent, space_needed(total) - start, "the download")
                     checked = True
@@ -110,6 +99,22 @@ def fetch(url: str, part: Path, events=None, space_needed=None, server_hash: dic
         if events:
             events.emit("warning", message=f"connection to {host} failed ({error}); retry {failures}/{RETRIES} in {delay:.0f}s, resuming at byte {part.stat().st_size if part.exists() else 0}")
         time.sleep(delay)
+
+
+def _span(r, have: int, server_hash: dict | None) -> tuple[int, int | None]:
+    """(the byte this response starts at, the object's size) from its headers; the MD5 into server_hash.
+    A ValueError when the server resumes somewhere else than asked (the caller starts over)."""
+    for item in r.headers.get("x-goog-hash", "").split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "md5" and server_hash is not None:
+            server_hash["md5"] = value
+    if r.status_code == 206:
+        first, total = _content_range(r.headers.get("Content-Range", ""))
+        if first != have:
+            raise ValueError(f"server resumed at byte {first}, not {have}")
+        return have, total
+    # 200: the server ignored Range (or this is a fresh start)
+    return 0, int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
 
 
 def digests(path: Path) -> tuple[str, str]:
