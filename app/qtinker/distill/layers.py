@@ -16,10 +16,12 @@ import torch
 from torch import nn
 
 from qtinker.core.errors import QTinkerError
+from qtinker.models.students import INIT_STRATEGIES, check_layer_list, student_init_layers  # noqa: F401  (moved down)
+from qtinker.models.students import check_depths as _check_depths
+from qtinker.models.students import spread_layers as _spread
 
 Kind = Literal["hidden", "attention", "cls"]
 KINDS = ("hidden", "attention", "cls")
-INIT_STRATEGIES = ("distilbert", "uniform", "first")
 LAYER_MAPS = ("auto", "pkd-skip", "pkd-last", "uniform", "last")
 
 
@@ -41,46 +43,6 @@ class LayerMatch:
     def __str__(self) -> str:
         name = lambda i: "embeddings" if i == 0 else f"layer {i}"
         return f"{self.kind}: student {name(self.student)} <- teacher {name(self.teacher)}"
-
-
-def _spread(n_teacher: int, n_student: int) -> list[int]:
-    """Teacher layer (1-indexed) at the end of each of n_student equal blocks: round(m·N/M)."""
-    return [round(m * n_teacher / n_student) for m in range(1, n_student + 1)]
-
-
-def _check_depths(n_teacher: int, n_student: int) -> None:
-    if not 1 <= n_student <= n_teacher:
-        raise QTinkerError(f"student layers: {n_student} with a {n_teacher}-layer teacher; choose 1-{n_teacher}")
-
-
-def student_init_layers(n_teacher: int, n_student: int, strategy: str = "distilbert") -> list[int]:
-    """Teacher layers (0-indexed) whose weights initialise the student's layers, in order.
-
-    distilbert: spread over the whole depth, first and last included (12 -> 6: 0,2,4,7,9,11,
-                DistilBERT's own choice); uniform: the last layer of each equal block
-                (12 -> 6: 1,3,5,7,9,11); first: the bottom layers (PKD's initialisation).
-    """
-    _check_depths(n_teacher, n_student)
-    if strategy == "distilbert":
-        if n_student == 1:
-            return [0]
-        return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
-    if strategy == "uniform":
-        return [t - 1 for t in _spread(n_teacher, n_student)]
-    if strategy == "first":
-        return list(range(n_student))
-    raise QTinkerError(f"student_init: unknown strategy {strategy!r}; choose one of {', '.join(INIT_STRATEGIES)}")
-
-
-def check_layer_list(layers: list[int], n_teacher: int) -> list[int]:
-    """Validate an explicit list of teacher layers (0-indexed) to keep."""
-    bad = [i for i in layers if not 0 <= i < n_teacher]
-    if bad or not layers:
-        raise QTinkerError(f"student_layers: {layers} is not a list of teacher layers 0-{n_teacher - 1}; "
-                           f"pick e.g. 0,{n_teacher - 1}")
-    if sorted(set(layers)) != list(layers):
-        raise QTinkerError(f"student_layers: {layers} must be increasing without repeats, e.g. {sorted(set(layers))}")
-    return list(layers)
 
 
 def pkd_map(n_teacher: int, n_student: int, variant: str = "skip") -> list[LayerMatch]:
