@@ -14,6 +14,7 @@ from local_servers import FileServer, HubServer, folder_files
 from qtinker.core.errors import QTinkerError
 from qtinker.models import download
 from qtinker.models.fetch import http
+from qtinker.models.resolve import is_model_folder
 from qtinker.models.tf1 import convert
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -51,7 +52,7 @@ def no_leftovers(models: Path) -> list[str]:
     """Anything in the models folder other than finished models and the registry file."""
     if not models.exists():
         return []
-    return [p.name for p in models.iterdir() if p.name != "MODEL_REGISTRY.md" and not download.is_model_folder(p)]
+    return [p.name for p in models.iterdir() if p.name != "MODEL_REGISTRY.md" and not is_model_folder(p)]
 
 
 def test_download_url_via_cli_matches_tf_reference(tmp_path, capsys):
@@ -109,7 +110,7 @@ def test_interrupted_run_leaves_no_model_and_next_run_resumes(monkeypatch, tmp_p
         assert not (tmp_path / "m" / "later").exists() and no_leftovers(tmp_path / "m") == []
         download.download_url(f"{server.url}/a.zip", "later", tmp_path / "m")
     assert server.bytes_sent["/a.zip"] == len(ZIP)
-    assert download.is_model_folder(tmp_path / "m" / "later")
+    assert is_model_folder(tmp_path / "m" / "later")
 
 
 def test_stop_file_stops_resumably_and_503_is_retried(tmp_path):
@@ -124,7 +125,7 @@ def test_stop_file_stops_resumably_and_503_is_retried(tmp_path):
         server.fail_once["/a.zip"] = 503
         download.download_url(f"{server.url}/a.zip", "s", tmp_path / "m")
     assert [r[2] is not None for r in server.requests] == [False, True, True]  # the 2nd and 3rd resume
-    assert download.is_model_folder(tmp_path / "m" / "s")
+    assert is_model_folder(tmp_path / "m" / "s")
 
 
 def bad_zip(members: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
@@ -283,7 +284,7 @@ def test_hub_download_prefers_safetensors_and_works_offline_from_cache(hub, monk
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     before = len(server.requests)
     again = download.download_model("bert-tiny", source="hf", models_dir=tmp_path / "other")
-    assert len(server.requests) == before and download.is_model_folder(again)
+    assert len(server.requests) == before and is_model_folder(again)
 
 
 def test_hub_repo_with_only_pytorch_bin_is_converted_to_safetensors(hub, tmp_path):

@@ -18,6 +18,7 @@ from local_servers import FileServer
 from qtinker.core.errors import QTinkerError
 from qtinker.models import download
 from qtinker.models.fetch import http
+from qtinker.models.resolve import is_model_folder
 
 ZIP = (Path(__file__).parent / "fixtures" / "tiny_bert_L-2_H-32_A-2.zip").read_bytes()
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def test_disk_full_while_downloading_is_one_line_and_the_next_run_resumes(monkey
         download.download_url(f"{server.url}/a.zip", "full", tmp_path / "m")  # space freed: it resumes
     gets = [r for r in server.requests if r[0] == "GET"]
     assert 0 < int(gets[-1][2][len("bytes="):-1]) <= len(ZIP) // 3  # it resumed from what reached the disk
-    assert download.is_model_folder(tmp_path / "m" / "full")
+    assert is_model_folder(tmp_path / "m" / "full")
 
 
 def test_disk_full_while_packaging_a_zip_is_one_line_and_keeps_the_previous_zip(tiny_bert, tmp_path, monkeypatch,
