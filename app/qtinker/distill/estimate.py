@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from qtinker.distill.config import DistillConfig
-from qtinker.models import students as st
+from qtinker.models import resolve
 
 EVAL_BATCH = 64  # the run evaluates 64 examples at a time
 LENGTH_SAMPLE = 2000  # texts tokenized to find the typical length (enough for a stable mean)
@@ -64,7 +64,7 @@ def estimate_device() -> str:
 def typical_length(teacher: str, texts: list[str], max_length: int) -> int:
     """Mean tokens per example (special tokens included, capped at max_length), rounded up to a multiple of 8:
     length bucketing pads each batch only to its own longest example, so the mean is what the steps cost."""
-    tokenizer = st.load_tokenizer(st.resolve_model(teacher, "teacher"), "teacher")
+    tokenizer = resolve.load_tokenizer(str(resolve.resolve_model(teacher, "teacher", hub=True)), "teacher")
     sample = texts[:: max(1, len(texts) // LENGTH_SAMPLE)][:LENGTH_SAMPLE] or [""]
     lengths = [len(ids) for ids in tokenizer(sample, truncation=True, max_length=max_length)["input_ids"]]
     return min(max_length, 8 * math.ceil(statistics.mean(lengths) / 8))
@@ -73,7 +73,7 @@ def typical_length(teacher: str, texts: list[str], max_length: int) -> int:
 def student_config(c: DistillConfig, teacher_config):
     """The student's transformers config as the run builds it (shapes only)."""
     if c.student:
-        return st.load_config(st.resolve_model(c.student, "student"), "student")
+        return resolve.load_config(str(resolve.resolve_model(c.student, "student", hub=True)), "student")
     config = copy.deepcopy(teacher_config)
     if c.student_config:
         layers, hidden, heads, *rest = c.student_config
@@ -90,8 +90,8 @@ def step_times(c: DistillConfig, length: int, num_labels: int = 2, repeats: int 
     device; cached per choice. Costs a few seconds on a CPU for a base-size teacher.
     measure=False: only an earlier measurement of the same choice (None if there is none)."""
     device = estimate_device() if c.device == "auto" else c.device
-    teacher_path = st.resolve_model(c.teacher, "teacher")
-    teacher_config = st.load_config(teacher_path, "teacher")
+    teacher_path = str(resolve.resolve_model(c.teacher, "teacher", hub=True))
+    teacher_config = resolve.load_config(teacher_path, "teacher")
     s_config = student_config(c, teacher_config)
     features = c.method != "logit"
     key = (teacher_path, s_config.to_json_string(), features, c.batch_size, length, device, num_labels)
