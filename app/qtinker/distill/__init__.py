@@ -1,5 +1,7 @@
-"""Distillation: the run (recipe) and its config, and its components: losses, layer matches, schedules,
-augmentation, teacher outputs, teacher fine-tuning, checkpoints and multi-process runs.
+"""Distillation: the run (recipe: setup pieces in setup, the step and the epoch's end in trainer) and its
+config, and its components: the methods' registry (methods), losses, layer matches, schedules, the loops'
+callbacks (stop, progress, periodic checkpoints), augmentation, teacher outputs, teacher fine-tuning,
+checkpoints and multi-process runs.
 """
 
 from qtinker import _lazy_exports
