@@ -114,7 +114,7 @@ def test_zip_never_follows_symlinks_out(tiny_bert, tmp_path):
 
 
 def test_a_distilled_model_zips_with_qtinkers_own_card(tiny_bert, tmp_path):
-    from qtinker.export.card import write_distill_card
+    from qtinker.export.card import write_model_card
 
     folder = tiny_bert(name="student", num_labels=2)
     metrics = {"task": "classification", "method": "logit", "teacher": str(tmp_path / "models" / "bert-base"),
@@ -126,7 +126,7 @@ def test_a_distilled_model_zips_with_qtinkers_own_card(tiny_bert, tmp_path):
                                    "epochs": 3, "batch_size": 16, "grad_accum": 1, "max_length": 128, "seed": 0}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "README.md").write_text("---\nlibrary_name: transformers\ntags:\n- qtinker\n---\n# an older card\n")
-    card = write_distill_card(folder, metrics, None).read_text()
+    card = write_model_card(folder).read_text()
     assert not (folder / "ORIGINAL_README.md").exists()  # the older card was ours too: rewritten, not kept
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-classification\n")
     for text in ("from **bert-base** (12 layers, 109,000,000 parameters) into a 2-layer student", "Retention",

@@ -5,7 +5,8 @@ import torch
 
 from qtinker.core.errors import QTinkerError
 from qtinker.distill.layers import (AttentionScores, HiddenProjection, LayerMatch, custom_map, describe_map, last_map, pkd_map,
-                                    student_init_layers, uniform_map)
+                                    uniform_map)
+from qtinker.models.students import student_init_layers
 
 
 def test_student_init_layers_follow_the_literature():

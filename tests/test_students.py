@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertTokenizer
 
 from qtinker.core.errors import QTinkerError
+from qtinker.models import resolve
 from qtinker.models import students as st
 
 
@@ -66,20 +67,20 @@ def test_vocabulary_mismatch_is_refused(tiny_bert, tmp_path):
 
 def test_resolve_model_finds_folders_and_names(tiny_bert, monkeypatch, tmp_path):
     folder = tiny_bert("mymodel")
-    assert st.resolve_model(str(folder)) == str(folder.resolve())
+    assert resolve.resolve_model(str(folder), "teacher", hub=True) == folder.resolve()
     monkeypatch.setenv("QTINKER_MODELS_DIR", str(folder.parent))
-    assert st.resolve_model("mymodel") == str(folder.resolve())
+    assert resolve.resolve_model("mymodel", "teacher", hub=True) == folder.resolve()
     with pytest.raises(QTinkerError, match="teacher: .*missing: no such model folder"):
-        st.resolve_model(str(tmp_path / "missing"))
-    assert st.resolve_model("org/hub-model") == "org/hub-model"
+        resolve.resolve_model(str(tmp_path / "missing"), "teacher", hub=True)
+    assert resolve.resolve_model("org/hub-model", "teacher", hub=True) == "org/hub-model"
 
 
 def test_has_task_head(tiny_bert):
     from transformers import AutoConfig
 
-    assert st.has_task_head(AutoConfig.from_pretrained(tiny_bert("c", num_labels=3)), 3)
-    assert not st.has_task_head(AutoConfig.from_pretrained(tiny_bert("c2", num_labels=3)), 2)
-    assert not st.has_task_head(AutoConfig.from_pretrained(tiny_bert("m")), 2)
+    assert resolve.has_task_head(AutoConfig.from_pretrained(tiny_bert("c", num_labels=3)), 3)
+    assert not resolve.has_task_head(AutoConfig.from_pretrained(tiny_bert("c2", num_labels=3)), 2)
+    assert not resolve.has_task_head(AutoConfig.from_pretrained(tiny_bert("m")), 2)
 
 
 def test_masked_lm_teacher_without_head_is_refused(tiny_bert, tmp_path):
@@ -88,4 +89,4 @@ def test_masked_lm_teacher_without_head_is_refused(tiny_bert, tmp_path):
     bare = tmp_path / "bare"
     AutoModel.from_pretrained(tiny_bert("m")).save_pretrained(bare)
     with pytest.raises(QTinkerError, match="without its MLM head"):
-        st.load_masked_lm(str(bare), "teacher")
+        resolve.load_masked_lm(str(bare), "teacher")

@@ -59,9 +59,9 @@ def fingerprint(config) -> dict:
 def _model_identity(name: str, field: str) -> str:
     """A local folder by the hash of its weights and config.json; a Hub id by its name."""
     from qtinker.distill.teacher_outputs.key import teacher_fingerprint
-    from qtinker.models.students import resolve_model
+    from qtinker.models.resolve import resolve_model
 
-    path = resolve_model(name, field)
+    path = str(resolve_model(name, field, hub=True))
     if not Path(path).is_dir():
         return path
     try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qtinker.core.config import option
-from qtinker.distill.layers import INIT_STRATEGIES, LAYER_MAPS
+from qtinker.distill.layers import LAYER_MAPS
+from qtinker.models.students import INIT_STRATEGIES
 from qtinker.distill.methods import METHODS as _REGISTERED
 
 METHODS = tuple(_REGISTERED)  # logit, patient, feature: the registered methods (distill/methods.py)

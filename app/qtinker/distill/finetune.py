@@ -27,7 +27,7 @@ from qtinker.distill.callbacks import PeriodicCheckpoint, ProgressEvents, StopRe
 from qtinker.distill.config import DistillConfig
 from qtinker.distill.schedule import linear_schedule
 from qtinker.export.package import save_model_folder
-from qtinker.models import students as st
+from qtinker.models import resolve
 
 
 def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs: int = 3, lr: float = 5e-5,
@@ -38,7 +38,7 @@ def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs:
     Default `out`: outputs_dir()/teachers/<teacher-name>-<hash of teacher, data and settings>/.
     Raises events.Stopped (after saving a checkpoint) when a stop is requested."""
     events = events or Events(echo=False)
-    teacher_path = st.resolve_model(teacher, "teacher")
+    teacher_path = str(resolve.resolve_model(teacher, "teacher", hub=True))
     key = hashlib.sha256(json.dumps([str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else teacher_path,
                                      data.texts, data.text_pairs, data.labels, data.label_names, epochs, lr, batch_size,
                                      max_length, seed]).encode()).hexdigest()[:12]
@@ -48,9 +48,9 @@ def fine_tune_teacher(teacher: str, data, out: str | Path | None = None, epochs:
         return out
     work = out.with_name(out.name + ".partial")
     checkpoint = work / "checkpoint" / "state.pt"
-    tokenizer = st.load_tokenizer(teacher_path, "teacher")
+    tokenizer = resolve.load_tokenizer(teacher_path, "teacher")
     torch.manual_seed(seed)
-    model = st.load_classifier(teacher_path, data.num_labels, data.label_names, "teacher").to(device).train()
+    model = resolve.load_classifier(teacher_path, data.num_labels, data.label_names, "teacher").to(device).train()
     examples = encode(tokenizer, data.texts, data.text_pairs, max_length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps_per_epoch = math.ceil(len(examples) / batch_size)

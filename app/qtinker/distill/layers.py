@@ -16,9 +16,7 @@ import torch
 from torch import nn
 
 from qtinker.core.errors import QTinkerError
-from qtinker.models.students import INIT_STRATEGIES, check_layer_list, student_init_layers  # noqa: F401  (moved down)
-from qtinker.models.students import check_depths as _check_depths
-from qtinker.models.students import spread_layers as _spread
+from qtinker.models.students import check_depths, spread_layers
 
 Kind = Literal["hidden", "attention", "cls"]
 KINDS = ("hidden", "attention", "cls")
@@ -51,9 +49,9 @@ def pkd_map(n_teacher: int, n_student: int, variant: str = "skip") -> list[Layer
     skip: teacher round(m·N/M) (12 -> 6: 2,4,6,8,10); last: the M-1 teacher layers just
     below the top (12 -> 6: 7..11).
     """
-    _check_depths(n_teacher, n_student)
+    check_depths(n_teacher, n_student)
     if variant == "skip":
-        teachers = _spread(n_teacher, n_student)[:-1]
+        teachers = spread_layers(n_teacher, n_student)[:-1]
     elif variant == "last":
         teachers = list(range(n_teacher - n_student + 1, n_teacher))
     else:
@@ -66,8 +64,8 @@ def uniform_map(n_teacher: int, n_student: int, attention: bool = True) -> list[
 
     12 -> 4: hidden 0,3,6,9,12 and attention 3,6,9,12 (TinyBERT's k·m; N % M == 0 is not required).
     """
-    _check_depths(n_teacher, n_student)
-    teachers = _spread(n_teacher, n_student)
+    check_depths(n_teacher, n_student)
+    teachers = spread_layers(n_teacher, n_student)
     matches = [LayerMatch(0, 0, "hidden")] + [LayerMatch(t, s, "hidden") for s, t in enumerate(teachers, 1)]
     if attention:
         matches += [LayerMatch(t, s, "attention") for s, t in enumerate(teachers, 1)]
@@ -76,7 +74,7 @@ def uniform_map(n_teacher: int, n_student: int, attention: bool = True) -> list[
 
 def last_map(n_teacher: int, n_student: int, attention: bool = True) -> list[LayerMatch]:
     """MiniLM-style: only the last student layer learns from the last teacher layer."""
-    _check_depths(n_teacher, n_student)
+    check_depths(n_teacher, n_student)
     matches = [LayerMatch(n_teacher, n_student, "hidden")]
     if attention:
         matches.append(LayerMatch(n_teacher, n_student, "attention"))

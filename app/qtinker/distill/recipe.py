@@ -52,6 +52,7 @@ from qtinker.distill.setup import (setup_data, setup_method, setup_optimizer, se
 from qtinker.distill.trainer import (Trainer, TrainerState, end_of_epoch, evaluate, evaluate_mlm, load_checkpoint, public,
                                    retention, train_step)
 from qtinker.export.package import save_model_folder
+from qtinker.models import resolve
 from qtinker.models import students as st
 
 
@@ -214,8 +215,8 @@ def save_results(t: Trainer, state: TrainerState, student_desc: str, out: Path) 
     README.md into OUT.partial, the checkpoint removed last (a full disk mid-save leaves the run resumable),
     then OUT.partial renamed to OUT; returns the metrics."""
     c, data, work, teacher_eval = t.config, t.data, t.work, t.teacher_eval
-    best_model = (st.load_masked_lm(str(work / "best"), "student") if data.mlm
-                  else st.load_classifier(str(work / "best"), data.num_labels, data.label_names, "student"))
+    best_model = (resolve.load_masked_lm(str(work / "best"), "student") if data.mlm
+                  else resolve.load_classifier(str(work / "best"), data.num_labels, data.label_names, "student"))
     best_eval = state.history[state.best_epoch - 1]
     total_seconds = state.train_seconds + t.examples.cache_seconds
     stages = t.opt.stages
@@ -245,12 +246,12 @@ def save_results(t: Trainer, state: TrainerState, student_desc: str, out: Path) 
     for key in ("accuracy", "macro_f1", "mse", "pearson", "mlm_accuracy"):
         if key in teacher_eval:
             metrics[f"teacher_{key}"], metrics[f"student_{key}"] = teacher_eval[key], best_eval.get(key)
-    from qtinker.export.card import write_distill_card
+    from qtinker.export.card import write_model_card
 
     save_model_folder(work, best_model, t.teacher.tokenizer)
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     save_config(c, work / "run_config.json")
-    write_distill_card(work, metrics, c)
+    write_model_card(work)
     shutil.rmtree(work / "checkpoint", ignore_errors=True)
     shutil.rmtree(work / "best", ignore_errors=True)
     publish(work, out, c.overwrite)

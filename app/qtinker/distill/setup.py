@@ -27,6 +27,7 @@ from qtinker.distill.layers import AttentionScores, HiddenProjection, LayerMatch
 from qtinker.distill.methods import layer_matches, stage_plan
 from qtinker.distill.schedule import stage_schedule
 from qtinker.distill.teacher_outputs import MemoryTeacherOutputs, TeacherOutputs, build_for_distill
+from qtinker.models import resolve
 from qtinker.models import students as st
 
 
@@ -95,14 +96,14 @@ def setup_teacher(config: DistillConfig, data: Data, device: str, ctx: distribut
                   stage_events: Events) -> tuple[DistillConfig, Data, Teacher]:
     """The teacher, frozen in inference mode; fine-tuned first (by one process, kept for reuse) when it has no
     head for these labels. The data's labels follow the order of the teacher's head."""
-    path = st.resolve_model(config.teacher, "teacher")
-    config = fit_max_length(config, st.load_config(path), "teacher", events)
-    tokenizer = st.load_tokenizer(path, "teacher")
+    path = str(resolve.resolve_model(config.teacher, "teacher", hub=True))
+    config = fit_max_length(config, resolve.load_config(path), "teacher", events)
+    tokenizer = resolve.load_tokenizer(path, "teacher")
     source = path
     if data.mlm:
-        model = st.load_masked_lm(path, "teacher")
+        model = resolve.load_masked_lm(path, "teacher")
     else:
-        names = head_label_names(st.load_config(path), data.label_names)
+        names = head_label_names(resolve.load_config(path), data.label_names)
         if names is not None and names != data.label_names:  # same labels, another order: follow the head
             data = dataclasses.replace(data, train=reorder_labels(data.train, names),
                                        eval_data=reorder_labels(data.eval_data, names), label_names=names)
@@ -115,7 +116,7 @@ def setup_teacher(config: DistillConfig, data: Data, device: str, ctx: distribut
                 path, data.teacher_train, epochs=config.teacher_epochs, lr=config.teacher_lr,
                 batch_size=config.batch_size, max_length=config.max_length, device=device, seed=config.seed,
                 events=stage_events), ctx))
-        model = st.load_classifier(path, data.num_labels, data.label_names, "teacher")
+        model = resolve.load_classifier(path, data.num_labels, data.label_names, "teacher")
     model.to(device).eval().requires_grad_(False)
     return config, data, Teacher(model, path, source, tokenizer)
 
@@ -124,7 +125,7 @@ def head_label_names(config, label_names: list[str]) -> list[str] | None:
     """The teacher head's label order if it has a head for exactly these labels, else None (fine-tune one).
 
     A head with generic names (LABEL_0, ...) of the right size is taken in the data's order."""
-    if not st.has_task_head(config, len(label_names) or 1):
+    if not resolve.has_task_head(config, len(label_names) or 1):
         return None
     if not label_names:
         return []
@@ -176,9 +177,9 @@ def build_student(c: DistillConfig, teacher, tokenizer, mlm: bool, num_labels: i
         layers, hidden, heads, *rest = c.student_config
         return st.student_from_config(teacher, layers, hidden, heads, rest[0] if rest else None), \
             f"fresh {layers}x{hidden}, {heads} heads"
-    path = st.resolve_model(c.student, "student")
-    st.check_same_vocab(tokenizer, st.load_tokenizer(path, "student"), c.student)
-    model = st.load_masked_lm(path, "student") if mlm else st.load_classifier(path, num_labels, label_names, "student")
+    path = str(resolve.resolve_model(c.student, "student", hub=True))
+    st.check_same_vocab(tokenizer, resolve.load_tokenizer(path, "student"), c.student)
+    model = resolve.load_masked_lm(path, "student") if mlm else resolve.load_classifier(path, num_labels, label_names, "student")
     return model, c.student
 
 
@@ -259,7 +260,7 @@ def augmented_texts(c: DistillConfig, train, teacher_source: str, tokenizer, unl
     n = round(c.augment * len(train))
     sources, words, chosen = augment.pick_words(train.texts, n, c.seed)
     try:
-        mlm = st.load_masked_lm(teacher_source, "teacher")
+        mlm = resolve.load_masked_lm(teacher_source, "teacher")
     except QTinkerError:  # no MLM head (e.g. a sentence-embedding model): take the words from the user's text
         mlm = None
     if mlm is not None:

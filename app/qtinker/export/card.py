@@ -40,12 +40,6 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else str(x)
 
 
-def write_distill_card(folder: Path, metrics: dict | None = None, config: Any = None) -> Path:
-    """The distill run's card: write_model_card, once metrics.json and run_config.json are in the folder
-    (the arguments are what the run used to pass; the card reads the same figures from the folder)."""
-    return write_model_card(folder)
-
-
 def _front_matter(distilled: dict) -> list[str]:
     """The Hub's metadata block (first in README.md) of a distilled model."""
     pipeline = "fill-mask" if distilled.get("task") == "mlm" else "text-classification"

@@ -1,6 +1,6 @@
 """Building students: from some of the teacher's layers, or from a fresh config with the teacher's
 vocabulary, and checking that a given student shares the teacher's vocabulary. Finding and loading
-models is models.resolve (its names are imported here too, for the distill run).
+models is models.resolve.
 """
 
 from __future__ import annotations
@@ -10,16 +10,8 @@ import copy
 from torch import nn
 
 from qtinker.core.errors import QTinkerError
-from qtinker.models import resolve
-from qtinker.models.resolve import (  # noqa: F401  (the distill run imports them from here; the lead moves it)
-    LOAD_KW, has_task_head, load_classifier, load_config, load_masked_lm, load_tokenizer, task_kwargs)
 
 INIT_STRATEGIES = ("distilbert", "uniform", "first")
-
-
-def resolve_model(name_or_path: str, field: str = "teacher") -> str:
-    """models.resolve.resolve_model, Hub ids allowed, as a str (the distill run's name for it)."""
-    return str(resolve.resolve_model(name_or_path, field, hub=True))
 
 
 # ---------------------------------------------------------------- which teacher layers a student keeps

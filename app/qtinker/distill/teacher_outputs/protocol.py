@@ -8,7 +8,7 @@ import torch
 
 
 class TeacherOutputs(Protocol):
-    """What the distillation loop reads (`recipe.teacher_targets`), in memory or on disk. Indexed by example:
+    """What the distillation loop reads (`methods.teacher_targets`), in memory or on disk. Indexed by example:
     logits[ids] -> [B, C]; cls {layer: rows}; hidden {layer: per-example rows} and qk {layer: (q, k)} or None
     when features are recomputed each step; `padded(rows, ids, width, device)` -> [B, width, D]."""
 
