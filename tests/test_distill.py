@@ -65,6 +65,13 @@ def weights(folder) -> dict:
     return load_file(str(Path(folder) / "model.safetensors"))
 
 
+def test_a_one_layer_patient_student_says_it_is_plain_logit_kd(setup):
+    config, tmp = setup
+    distill(config(method="patient", student_from_teacher=1, epochs=1), Events(tmp / "ev.jsonl", echo=False))
+    warnings = [e["message"] for e in read_events(tmp / "ev.jsonl") if e["type"] == "warning"]
+    assert any("1-layer student has no layer below its top" in w and "plain logit KD" in w for w in warnings)
+
+
 def test_logit_kd_writes_a_plain_transformers_folder(setup):
     config, tmp = setup
     metrics = distill(config(), Events(tmp / "ev.jsonl", echo=False))

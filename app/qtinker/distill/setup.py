@@ -202,6 +202,10 @@ def setup_method(config: DistillConfig, teacher, student, device: str, events: E
         events.emit("warning", message=f"attention loss skipped: teacher has {teacher.config.num_attention_heads} heads, "
                                        f"student {student.config.num_attention_heads}; per-head scores need equal counts")
         matches = [m for m in matches if m.kind != "attention"]
+    if config.method == "patient" and not matches:
+        events.emit("warning", message=f"patient: a {student.config.num_hidden_layers}-layer student has no layer below "
+                                       "its top to match (PKD matches layers 1..M-1; the top one is the logit loss's), "
+                                       "so this run is plain logit KD; keep 2 or more layers for the patient term")
     events.log(f"layer map ({config.method}): {describe_map(matches)}")
     projection = HiddenProjection(student.config.hidden_size, teacher.config.hidden_size).to(device)
     return Layers(matches, projection,
