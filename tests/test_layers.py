@@ -14,7 +14,7 @@ def test_student_init_layers_follow_the_literature():
     assert student_init_layers(12, 6, "uniform") == [1, 3, 5, 7, 9, 11]
     assert student_init_layers(12, 6, "first") == [0, 1, 2, 3, 4, 5]
     assert student_init_layers(6, 2, "distilbert") == [0, 5]
-    assert student_init_layers(6, 1, "distilbert") == [0]
+    assert student_init_layers(6, 1, "distilbert") == [5]  # one layer: the last (the head was trained on it)
     with pytest.raises(QTinkerError, match="choose 1-6"):
         student_init_layers(6, 8)
 
