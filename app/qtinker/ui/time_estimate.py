@@ -46,7 +46,8 @@ def estimate(teacher, student, n_layers, custom, method, choice, upload, eval_up
         return
     try:
         train, held = read_data(choice, upload, eval_upload, text_column, label_column)
-        extra = len(load_unlabelled(unlabeled_upload)) if unlabeled_upload else 0
+        extra = len(load_unlabelled(common.check_upload(unlabeled_upload, common.DATA_UPLOAD_MAX, "data file"))
+                    ) if unlabeled_upload else 0
     except QTinkerError:
         yield ""  # the data's own message is shown above
         return
