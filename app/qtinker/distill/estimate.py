@@ -55,10 +55,10 @@ _lock = threading.Lock()  # one measurement at a time: two at once would slow ea
 
 
 def estimate_device() -> str:
-    """The device a run with device "auto" trains on."""
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
+    """The device a run with device "auto" trains on (the run's own rule)."""
+    from qtinker.distill.recipe import pick_device
+
+    return pick_device("auto", "fp32")[0]
 
 
 def typical_length(teacher: str, texts: list[str], max_length: int) -> int:
